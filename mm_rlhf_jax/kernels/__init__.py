@@ -1,0 +1,4 @@
+"""Attention and token log-prob kernels. Callers import only these two functions."""
+
+from mm_rlhf_jax.kernels.attention.api import attention
+from mm_rlhf_jax.kernels.token_logprobs.api import token_logprobs

@@ -1,0 +1,235 @@
+"""Decoder-only LM covering Qwen2 (qkv bias), Llama and Mistral (sliding window).
+
+Parameter names follow transformers' module names (q_proj, gate_proj,
+input_layernorm, ...) so that `hf.py` maps weights by rule. All attention goes
+through `mm_rlhf_jax.kernels.attention`.
+"""
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from mm_rlhf_jax import kernels
+from mm_rlhf_jax.models import layers, rope
+from mm_rlhf_jax.models.config import DecoderConfig
+from mm_rlhf_jax.models.outputs import KVCache, ModelOutput
+from mm_rlhf_jax.sharding.rules import constrain
+
+BTE = ("act_batch", "act_seq", "act_embed")
+
+
+@flax.struct.dataclass
+class AttentionContext:
+    """Per-call arrays every layer needs (broadcast over scanned layers)."""
+
+    positions: jax.Array  # int32[B, T]
+    segment_ids: jax.Array  # int32[B, T]
+    branch_ids: Any = None  # int32[B, T] | None
+    kv_segment_ids: Any = None  # int32[B, S] | None (KV cache)
+    cache_index: Any = None  # int32[] | None (KV cache)
+
+
+class Attention(nn.Module):
+    config: DecoderConfig
+    window: int | None = None
+
+    @nn.compact
+    def __call__(self, x, ctx: AttentionContext, kv_layer=None):
+        cfg = self.config
+        d, std = cfg.head_size, cfg.initializer_range
+        dense = functools.partial(
+            nn.DenseGeneral, axis=-1, dtype=cfg.dtype, param_dtype=cfg.param_dtype, use_bias=cfg.qkv_bias
+        )
+        q = dense((cfg.num_heads, d), kernel_init=layers.init(("embed", "heads", "head_dim"), std),
+                  bias_init=layers.zeros(("heads", "head_dim")), name="q_proj")(x)
+        k = dense((cfg.num_kv_heads, d), kernel_init=layers.init(("embed", "kv_heads", "head_dim"), std),
+                  bias_init=layers.zeros(("kv_heads", "head_dim")), name="k_proj")(x)
+        v = dense((cfg.num_kv_heads, d), kernel_init=layers.init(("embed", "kv_heads", "head_dim"), std),
+                  bias_init=layers.zeros(("kv_heads", "head_dim")), name="v_proj")(x)
+        inv_freq = rope.inv_frequencies(d, cfg.rope_theta, cfg.rope_scaling)
+        q = constrain(rope.apply_rope(q, ctx.positions, inv_freq), ("act_batch", "act_seq", "act_heads", None))
+        k = constrain(rope.apply_rope(k, ctx.positions, inv_freq), ("act_batch", "act_seq", "act_kv_heads", None))
+
+        kv_segment_ids, q_offset, new_kv = None, 0, None
+        if kv_layer is not None:
+            # Write this call's keys/values at cache_index, then attend over the whole cache.
+            k_cache, v_cache = kv_layer
+            at = (0, ctx.cache_index, 0, 0)
+            k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), at)
+            v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), at)
+            new_kv = (k, v)
+            kv_segment_ids, q_offset = ctx.kv_segment_ids, ctx.cache_index
+        out = kernels.attention(
+            q, k.astype(q.dtype), v.astype(q.dtype), segment_ids=ctx.segment_ids,
+            kv_segment_ids=kv_segment_ids, branch_ids=ctx.branch_ids, causal=True,
+            q_offset=q_offset, sliding_window=self.window, impl=cfg.attention_impl,
+        )
+        out = nn.DenseGeneral(
+            cfg.hidden_size, axis=(-2, -1), dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+            use_bias=cfg.o_bias, kernel_init=layers.init(("heads", "head_dim", "embed"), std),
+            bias_init=layers.zeros(("embed",)), name="o_proj",
+        )(out)
+        return out, new_kv
+
+
+class MLP(nn.Module):
+    config: DecoderConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        dense = functools.partial(
+            nn.Dense, dtype=cfg.dtype, param_dtype=cfg.param_dtype, use_bias=cfg.mlp_bias
+        )
+        up = functools.partial(
+            dense, cfg.intermediate_size, kernel_init=layers.init(("embed", "mlp"), cfg.initializer_range),
+            bias_init=layers.zeros(("mlp",)),
+        )
+        h = layers.activation(cfg.hidden_act)(up(name="gate_proj")(x)) * up(name="up_proj")(x)
+        h = constrain(h, ("act_batch", "act_seq", "act_mlp"))
+        return dense(
+            cfg.hidden_size, kernel_init=layers.init(("mlp", "embed"), cfg.initializer_range),
+            bias_init=layers.zeros(("embed",)), name="down_proj",
+        )(h)
+
+
+class DecoderLayer(nn.Module):
+    config: DecoderConfig
+    window: int | None = None
+
+    @nn.compact
+    def __call__(self, x, kv_layer, ctx: AttentionContext):
+        cfg = self.config
+        norm = functools.partial(layers.RMSNorm, cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype)
+        h, new_kv = Attention(cfg, self.window, name="self_attn")(norm(name="input_layernorm")(x), ctx, kv_layer)
+        x = constrain(x + h, BTE)
+        x = x + MLP(cfg, name="mlp")(norm(name="post_attention_layernorm")(x))
+        return constrain(x, BTE), new_kv
+
+
+def _layer_class(cfg: DecoderConfig):
+    cls = DecoderLayer
+    if cfg.remat != "none":
+        cls = nn.remat(cls, policy=layers.remat_policy(cfg.remat), prevent_cse=not cfg.scan_layers)
+    return cls
+
+
+class Decoder(nn.Module):
+    """Token (or embedding) ids -> final hidden states, optional logits, updated KV cache."""
+
+    config: DecoderConfig
+
+    def setup(self):
+        cfg = self.config
+        self.embed_tokens = nn.Embed(
+            cfg.vocab_size, cfg.hidden_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+            embedding_init=layers.init(("vocab", "embed"), cfg.initializer_range),
+        )
+        layer_cls = _layer_class(cfg)
+        if cfg.scan_layers:
+            windows = {cfg.layer_window(i) for i in range(cfg.num_layers)}
+            if len(windows) > 1:
+                raise ValueError(
+                    "scan_layers needs every layer to use the same attention window; "
+                    f"this config mixes {sorted(windows, key=str)}"
+                )
+            self.layers = nn.scan(
+                layer_cls,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(0, nn.broadcast),
+                length=cfg.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )(cfg, windows.pop(), name="layers")
+        else:
+            self.layers = [layer_cls(cfg, cfg.layer_window(i), name=f"layers_{i}") for i in range(cfg.num_layers)]
+        self.norm = layers.RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nn.Dense(
+                cfg.vocab_size, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                kernel_init=layers.init(("embed", "vocab"), cfg.initializer_range),
+            )
+
+    def embed(self, input_ids):
+        """int[B, T] -> [B, T, E] in the compute dtype."""
+        return self.embed_tokens(input_ids)
+
+    def __call__(
+        self,
+        input_ids=None,
+        *,
+        inputs_embeds=None,
+        attention_mask=None,
+        positions=None,
+        segment_ids=None,
+        branch_ids=None,
+        cache: KVCache | None = None,
+        compute_logits: bool = True,
+    ) -> ModelOutput:
+        """Runs the decoder.
+
+        Args:
+          input_ids: int[B, T], or inputs_embeds [B, T, E] (the VLM's merged embeddings).
+          attention_mask: {0,1}[B, T] (transformers' meaning); becomes segment ids.
+          positions: int[B, T]; default arange(T) (+ cache.index), as transformers does.
+          segment_ids / branch_ids: packing and shared-prompt ids (see kernels.attention).
+          cache: a KVCache to read and extend (prefill or decode).
+          compute_logits: False skips the LM head; training takes log-probs from
+            `hidden_states` with kernels.token_logprobs instead of [B, T, V] logits.
+        """
+        cfg = self.config
+        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(cfg.dtype)
+        b, t = x.shape[:2]
+        x = constrain(x, BTE)
+        if segment_ids is None:
+            segment_ids = jnp.ones((b, t), jnp.int32) if attention_mask is None else attention_mask.astype(jnp.int32)
+        start = 0 if cache is None else cache.index
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32) + start, (b, t))
+        ctx = AttentionContext(positions=positions, segment_ids=segment_ids, branch_ids=branch_ids)
+        kv = None
+        if cache is not None:
+            if branch_ids is not None:
+                raise ValueError("branch_ids (shared-prompt packing) cannot be combined with a KV cache")
+            kv_seg = jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids.astype(jnp.int32), (0, cache.index))
+            ctx = ctx.replace(kv_segment_ids=kv_seg, cache_index=cache.index)
+            kv = (cache.k, cache.v)
+
+        if cfg.scan_layers:
+            x, new_kv = self.layers(x, kv, ctx)
+        else:
+            new_layers = []
+            for i, layer in enumerate(self.layers):
+                x, layer_kv = layer(x, None if kv is None else (kv[0][i], kv[1][i]), ctx)
+                new_layers.append(layer_kv)
+            new_kv = None if kv is None else tuple(jnp.stack(z) for z in zip(*new_layers))
+
+        hidden = self.norm(x)
+        new_cache = None
+        if cache is not None:
+            new_cache = KVCache(k=new_kv[0], v=new_kv[1], segment_ids=ctx.kv_segment_ids, index=cache.index + t)
+        logits = self.logits(hidden) if compute_logits else None
+        return ModelOutput(logits=logits, hidden_states=hidden, cache=new_cache)
+
+    def logits(self, hidden):
+        """[B, T, E] -> f32[B, T, V]. Sampling and tests only; training uses token_logprobs."""
+        if self.config.tie_word_embeddings:
+            out = self.embed_tokens.attend(hidden)
+        else:
+            out = self.lm_head(hidden)
+        return constrain(out.astype(jnp.float32), ("act_batch", "act_seq", "act_vocab"))
+
+    def lm_head_weight(self, params) -> jax.Array:
+        """The LM head as w[E, V] from this module's params (tied: embedding transposed)."""
+        params = nn.meta.unbox(params)
+        if self.config.tie_word_embeddings:
+            return params["embed_tokens"]["embedding"].T
+        return params["lm_head"]["kernel"]
+
+    def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
+        cfg = self.config
+        return KVCache.empty(cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_size, dtype or cfg.dtype)

@@ -1,0 +1,59 @@
+"""Small shared building blocks: RMSNorm, logically-partitioned initializers, remat policies."""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def init(axes: Sequence[str | None], std: float = 0.02):
+    """Normal initializer that also records the parameter's logical axis names."""
+    return nn.with_logical_partitioning(nn.initializers.normal(std), tuple(axes))
+
+
+def zeros(axes: Sequence[str | None]):
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), tuple(axes))
+
+
+def ones(axes: Sequence[str | None]):
+    return nn.with_logical_partitioning(nn.initializers.ones_init(), tuple(axes))
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in f32 (as transformers does), scaled, cast to `dtype`."""
+
+    eps: float = 1e-6
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        weight = self.param("weight", ones(("norm",)), (x.shape[-1],), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (weight.astype(jnp.float32) * x32).astype(self.dtype)
+
+
+def remat_policy(name: str):
+    """Named rematerialisation policies for `nn.remat`."""
+    policies = {
+        "full": jax.checkpoint_policies.nothing_saveable,
+        "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    }
+    if name not in policies:
+        raise ValueError(f"unknown remat policy {name!r}; use none, {', '.join(policies)}")
+    return policies[name]
+
+
+ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+}
+
+
+def activation(name: str):
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unsupported activation {name!r}; known: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
