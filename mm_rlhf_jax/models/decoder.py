@@ -41,15 +41,11 @@ class Attention(nn.Module):
     def __call__(self, x, ctx: AttentionContext, kv_layer=None):
         cfg = self.config
         d, std = cfg.head_size, cfg.initializer_range
-        dense = functools.partial(
-            nn.DenseGeneral, axis=-1, dtype=cfg.dtype, param_dtype=cfg.param_dtype, use_bias=cfg.qkv_bias
-        )
-        q = dense((cfg.num_heads, d), kernel_init=layers.init(("embed", "heads", "head_dim"), std),
-                  bias_init=layers.zeros(("heads", "head_dim")), name="q_proj")(x)
-        k = dense((cfg.num_kv_heads, d), kernel_init=layers.init(("embed", "kv_heads", "head_dim"), std),
-                  bias_init=layers.zeros(("kv_heads", "head_dim")), name="k_proj")(x)
-        v = dense((cfg.num_kv_heads, d), kernel_init=layers.init(("embed", "kv_heads", "head_dim"), std),
-                  bias_init=layers.zeros(("kv_heads", "head_dim")), name="v_proj")(x)
+        proj = functools.partial(layers.Linear, (cfg.hidden_size,), dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                                 use_bias=cfg.qkv_bias, std=std)
+        q = proj((cfg.num_heads, d), ("embed", "heads", "head_dim"), name="q_proj")(x)
+        k = proj((cfg.num_kv_heads, d), ("embed", "kv_heads", "head_dim"), name="k_proj")(x)
+        v = proj((cfg.num_kv_heads, d), ("embed", "kv_heads", "head_dim"), name="v_proj")(x)
         inv_freq = rope.inv_frequencies(d, cfg.rope_theta, cfg.rope_scaling)
         q = constrain(rope.apply_rope(q, ctx.positions, inv_freq), ("act_batch", "act_seq", "act_heads", None))
         k = constrain(rope.apply_rope(k, ctx.positions, inv_freq), ("act_batch", "act_seq", "act_kv_heads", None))
@@ -68,11 +64,9 @@ class Attention(nn.Module):
             kv_segment_ids=kv_segment_ids, branch_ids=ctx.branch_ids, causal=True,
             q_offset=q_offset, sliding_window=self.window, impl=cfg.attention_impl,
         )
-        out = nn.DenseGeneral(
-            cfg.hidden_size, axis=(-2, -1), dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-            use_bias=cfg.o_bias, kernel_init=layers.init(("heads", "head_dim", "embed"), std),
-            bias_init=layers.zeros(("embed",)), name="o_proj",
-        )(out)
+        out = layers.Linear((cfg.num_heads, d), (cfg.hidden_size,), ("heads", "head_dim", "embed"),
+                            use_bias=cfg.o_bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype, std=std,
+                            name="o_proj")(out)
         return out, new_kv
 
 

@@ -57,3 +57,32 @@ def activation(name: str):
     if name not in ACTIVATIONS:
         raise ValueError(f"unsupported activation {name!r}; known: {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]
+
+
+class Linear(nn.Module):
+    """y[..., *out] = x[..., *in] . kernel[*in, *out] (+ bias[*out]), params with logical axes.
+
+    Used instead of nn.DenseGeneral for multi-dimensional kernels such as
+    [embed, heads, head_dim]: DenseGeneral initialises a flattened 2-D kernel
+    and reshapes it, which breaks logical sharding constraints inside a mesh.
+    """
+
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    kernel_axes: tuple[str | None, ...]
+    use_bias: bool = False
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    std: float = 0.02
+
+    @nn.compact
+    def __call__(self, x):
+        n_in = len(self.in_shape)
+        kernel = self.param("kernel", init(self.kernel_axes, self.std), self.in_shape + self.out_shape,
+                            self.param_dtype)
+        contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+        y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
+        if self.use_bias:
+            bias = self.param("bias", zeros(self.kernel_axes[n_in:]), self.out_shape, self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y

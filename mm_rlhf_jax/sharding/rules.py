@@ -96,7 +96,9 @@ def logical_shardings(abstract_tree, mesh: Mesh, rules: Rules):
     replicates.
     """
     logical_specs = nn.get_partition_spec(abstract_tree)
-    shapes = nn.meta.unbox(abstract_tree)
+    # Read the boxed values directly: nn.meta.unbox would add sharding constraints.
+    is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
+    shapes = jax.tree.map(lambda x: x.value if is_box(x) else x, abstract_tree, is_leaf=is_box)
 
     def to_sharding(path, spec, leaf):
         if spec is None or not isinstance(spec, P):

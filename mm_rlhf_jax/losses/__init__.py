@@ -1,0 +1,1 @@
+"""Pure loss functions. They take log-probs/rewards, never models."""

@@ -1,0 +1,47 @@
+"""Entry point for every algorithm: flags -> config -> algorithm registry -> run(config, workdir).
+
+    python -m mm_rlhf_jax.main --config configs/<algo>.py:<preset> --workdir DIR [--config.x.y=value ...]
+
+Kept thin on purpose: everything it calls is importable from notebooks.
+Multi-host: on a TPU pod slice nothing extra is needed; for explicit clusters
+pass --coordinator_address/--num_processes/--process_id.
+"""
+
+import importlib
+import logging
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from mm_rlhf_jax import distributed
+
+# Algorithm name -> "module:function"; imported lazily so one algorithm's
+# dependencies never load for another.
+ALGORITHMS: dict[str, str] = {}
+
+config_flags.DEFINE_config_file("config", None, "configs/<algo>.py:<preset>", lock_config=True)
+flags.DEFINE_string("workdir", None, "checkpoints, metrics.jsonl, TensorBoard events, eval.json")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (explicit multi-process runs)")
+flags.DEFINE_integer("num_processes", None, "number of processes (explicit multi-process runs)")
+flags.DEFINE_integer("process_id", None, "this process's id (explicit multi-process runs)")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def get_algorithm(name: str):
+    if name not in ALGORITHMS:
+        raise KeyError(f"unknown algorithm {name!r}; known: {sorted(ALGORITHMS)}")
+    module, fn = ALGORITHMS[name].split(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+def main(argv):
+    del argv
+    f = flags.FLAGS
+    distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
+    config = f.config
+    logging.info("algorithm %s, workdir %s", config.algorithm, f.workdir)
+    get_algorithm(config.algorithm)(config, f.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,1 @@
+"""Training: state, optimizer, one pure step per algorithm, the host loop, checkpoints."""
