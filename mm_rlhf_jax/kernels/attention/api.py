@@ -1,8 +1,47 @@
-"""`attention`: one entry point, dispatched by backend and `impl`."""
+"""`attention`: one entry point, dispatched by backend and `impl`.
+
+impl      | cpu                      | gpu                     | tpu
+----------|--------------------------|-------------------------|-------------------
+"auto"    | xla (blocked)            | pallas_gpu (Triton)     | pallas_tpu (Mosaic)
+"pallas"  | pallas_tpu, interpreted  | pallas_gpu              | pallas_tpu
+"xla"     | xla (blocked)            | xla (blocked)           | xla (blocked)
+"reference" dense pure-jnp (tests, tiny shapes); "pallas_tpu" / "pallas_gpu" name a
+variant directly (e.g. to lower for another platform from this host).
+"""
 
 import jax
 
-from mm_rlhf_jax.kernels.attention import reference
+from mm_rlhf_jax.kernels.attention import common, reference
+from mm_rlhf_jax.kernels.attention.blocks import default_block_sizes
+from mm_rlhf_jax.kernels.attention.pallas_gpu import attention_pallas_gpu
+from mm_rlhf_jax.kernels.attention.pallas_tpu import attention_pallas_tpu
+from mm_rlhf_jax.kernels.attention.xla_blocked import attention_xla
+from mm_rlhf_jax.registry import Registry
+
+IMPLS = Registry("attention impl")
+
+_AUTO = {"cpu": "xla", "gpu": "pallas_gpu", "cuda": "pallas_gpu", "rocm": "pallas_gpu", "tpu": "pallas_tpu"}
+_PALLAS = {"cpu": "pallas_tpu", "gpu": "pallas_gpu", "cuda": "pallas_gpu", "rocm": "pallas_gpu",
+           "tpu": "pallas_tpu"}
+
+
+IMPLS.register("xla")(attention_xla)
+IMPLS.register("pallas_tpu")(attention_pallas_tpu)
+IMPLS.register("pallas_gpu")(attention_pallas_gpu)
+
+
+def resolve_impl(impl: str, backend: str | None = None) -> str:
+    """Maps "auto" / "pallas" to a concrete registered impl for `backend`."""
+    backend = backend or jax.default_backend()
+    if impl == "auto":
+        return _AUTO.get(backend, "xla")
+    if impl == "pallas":
+        return _PALLAS.get(backend, "pallas_tpu")
+    if impl == "reference" or impl in IMPLS:
+        return impl
+    raise ValueError(
+        f"attention: unknown impl {impl!r}; use auto, pallas, xla, reference or one of {IMPLS.names()}"
+    )
 
 
 def attention(
@@ -20,6 +59,8 @@ def attention(
     logit_soft_cap: float | None = None,
     scale: float | None = None,
     impl: str = "auto",
+    block_sizes: common.BlockSizes | None = None,
+    interpret: bool | None = None,
 ):
     """Multi-head attention with GQA, causal/segment/shared-prompt masking.
 
@@ -33,14 +74,39 @@ def attention(
         only to branch b). Chosen and rejected share one prompt pass this way.
       causal: key index <= q_offset + query index.
       q_offset: absolute index of q[:, 0] among the keys (KV-cache decode,
-        sequence-sharded query blocks).
-      impl: "auto" | "pallas" | "xla" | "reference".
+        sequence-sharded query blocks); may be a traced int32 scalar.
+      sliding_window: keys with q_offset + i - j >= window are hidden.
+      logit_soft_cap: scores become cap * tanh(scores / cap) before masking.
+      scale: score scale, default D ** -0.5.
+      impl: "auto" | "pallas" | "xla" | "reference" | "pallas_tpu" | "pallas_gpu"
+        (see the module table).
+      block_sizes: overrides the per-backend table in `blocks.py`.
+      interpret: run Pallas kernels in interpret mode; default True on CPU.
     Returns:
-      [B, T, Hq, D] in q.dtype.
+      [B, T, Hq, D] in q.dtype. Query rows that see no key are zeros.
     """
-    del impl  # Only the reference path exists so far.
-    return reference.mha_reference(
+    impl = resolve_impl(impl)
+    if impl == "reference":
+        return reference.mha_reference(
+            q, k, v, segment_ids=segment_ids, kv_segment_ids=kv_segment_ids, branch_ids=branch_ids,
+            kv_branch_ids=kv_branch_ids, causal=causal, q_offset=q_offset,
+            sliding_window=sliding_window, logit_soft_cap=logit_soft_cap, scale=scale,
+        )
+    ids = common.normalize(
         q, k, v, segment_ids=segment_ids, kv_segment_ids=kv_segment_ids, branch_ids=branch_ids,
-        kv_branch_ids=kv_branch_ids, causal=causal, q_offset=q_offset,
-        sliding_window=sliding_window, logit_soft_cap=logit_soft_cap, scale=scale,
+        kv_branch_ids=kv_branch_ids, q_offset=q_offset,
     )
+    if sliding_window is not None and sliding_window < 1:
+        raise ValueError(f"attention: sliding_window must be >= 1, got {sliding_window}")
+    if logit_soft_cap is not None and logit_soft_cap <= 0:
+        raise ValueError(f"attention: logit_soft_cap must be > 0, got {logit_soft_cap}")
+    spec = common.MaskSpec(
+        causal=bool(causal), window=sliding_window,
+        soft_cap=None if logit_soft_cap is None else float(logit_soft_cap),
+        scale=float(q.shape[-1] ** -0.5 if scale is None else scale),
+        has_branches=ids.q_br is not None,
+    )
+    blocks = block_sizes or default_block_sizes(impl)
+    if interpret is None:
+        interpret = jax.default_backend() == "cpu"
+    return IMPLS.get(impl)(q, k, v, ids, spec, blocks, interpret=interpret)
