@@ -1,0 +1,1 @@
+"""Evaluation metrics (host-side numpy over gathered per-example results)."""
