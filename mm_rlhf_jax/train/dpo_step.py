@@ -1,0 +1,70 @@
+"""MM-DPO train and eval steps: pure functions of (state, batch).
+
+loss = alpha * mean_pairs(dpo_loss(beta_i)) + gamma * NLL(chosen response tokens)
+
+beta_i comes from a registered beta mode:
+  constant  one beta for every pair (plain DPO)
+  paper     MM-DPO dynamic reward scaling: beta * (1 + w (1 - exp(-k delta_i))),
+            delta_i the reward model's margin for the pair (papers.md §1(a))
+  released  the batch-level beta the MM-RLHF code executes (implicit_beta=True)
+"""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mm_rlhf_jax.losses import preference
+from mm_rlhf_jax.registry import Registry
+from mm_rlhf_jax.train import forward, state as state_lib
+
+# name -> f(batch, logits f32[B], rng, cfg) -> beta scalar or f32[B]
+BETA_MODES: Registry[Callable] = Registry("beta mode")
+BETA_MODES.register("constant")(lambda batch, logits, rng, c: jnp.float32(c.beta))
+BETA_MODES.register("paper")(
+    lambda batch, logits, rng, c: preference.dynamic_beta(batch["delta"], beta=c.beta, w=c.w, k=c.k))
+BETA_MODES.register("released")(
+    lambda batch, logits, rng, c: preference.released_beta(logits, beta=c.beta, w=c.w, key=rng))
+
+
+def dpo_terms(module, params, batch, rng, c: ml_collections.ConfigDict):
+    """(loss, metrics) for one batch; c is the config's `dpo` block."""
+    logps, counts = forward.pair_logps(module, params, batch)
+    ref = batch["ref_logps"].astype(jnp.float32)
+    pc, pr, rc, rr = logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1]
+    logits = jax.lax.stop_gradient((pc - rc) - (pr - rr))
+    beta = BETA_MODES.get(c.beta_mode)(batch, logits, rng, c)
+    lengths = dict(chosen_lengths=counts[:, 0], rejected_lengths=counts[:, 1]) if c.loss_type == "ipo" else {}
+    losses, chosen_r, rejected_r = preference.dpo_loss(pc, pr, rc, rr, beta=beta, loss_type=c.loss_type,
+                                                       label_smoothing=c.label_smoothing, **lengths)
+    dpo = jnp.mean(losses)
+    # SFT anchor: token-mean NLL over all chosen response tokens of the batch.
+    sft = -jnp.sum(pc) / jnp.maximum(jnp.sum(counts[:, 0]), 1.0)
+    loss = c.alpha * dpo + c.gamma * sft
+    metrics = {
+        "train/loss": loss,
+        "dpo/loss": dpo,
+        "dpo/sft_nll": sft,
+        "dpo/beta": jnp.mean(jnp.broadcast_to(beta, pc.shape)),
+        "rewards/chosen": jnp.mean(chosen_r),
+        "rewards/rejected": jnp.mean(rejected_r),
+        "rewards/margin": jnp.mean(chosen_r - rejected_r),
+        "rewards/accuracy": jnp.mean((chosen_r > rejected_r).astype(jnp.float32)),
+        "logps/chosen": jnp.mean(pc),
+        "logps/rejected": jnp.mean(pr),
+    }
+    return loss, metrics
+
+
+def dpo_train_step(state, batch, *, module, tx, mask, c):
+    rng = jax.random.fold_in(state.rng, state.step)
+    loss_fn = lambda params, b: dpo_terms(module, params, b, rng, c)
+    (_, metrics), grads = state_lib.grad_of_trainable(loss_fn, state.params, mask, batch)
+    state, opt_metrics = state_lib.apply_gradients(state, grads, tx, mask)
+    return state, {**metrics, **opt_metrics}
+
+
+def policy_logps_step(params, batch, *, module):
+    """Summed response log-probs f32[B, 2] (reference precompute and held-out evals)."""
+    return forward.pair_logps(module, params, batch)[0]
