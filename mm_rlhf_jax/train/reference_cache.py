@@ -1,0 +1,94 @@
+"""Reference log-probs computed once and cached on disk, keyed by content hash.
+
+DPO's reference model is frozen, so its log-probs are a function of
+(reference model, example). They are computed in one pass before training
+(the reference params are then dropped: no second model in memory during
+training) and stored under
+    <cache_dir>/<reference_id>/logps.npz      (example keys -> f32[2])
+where reference_id hashes the reference's identity (checkpoint files or
+random-init config + seed) and each example key hashes the example's own
+content (tokens, masks, pixels). A changed tokenizer, template, image
+preprocessing or checkpoint therefore misses the cache instead of silently
+reusing stale numbers.
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+
+import numpy as np
+
+# Batch keys whose content identifies an example (those present are hashed).
+CONTENT_KEYS = ("input_ids", "attention_mask", "loss_mask", "pixel_values", "image_sizes", "has_image",
+                "pixel_values_videos", "has_video")
+
+
+def reference_id(identity: dict) -> str:
+    """Stable short hash of a JSON-able description of the reference model."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def checkpoint_identity(path: str) -> dict:
+    """Identity of an on-disk checkpoint folder: file names, sizes and mtimes (cheap, no reads)."""
+    files = []
+    for name in sorted(os.listdir(path)):
+        st = os.stat(os.path.join(path, name))
+        files.append((name, st.st_size, int(st.st_mtime)))
+    return {"path": os.path.abspath(path), "files": files}
+
+
+def example_keys(batch: dict) -> list[str]:
+    """One content hash per example of a numpy batch (leading axis = examples)."""
+    n = batch["input_ids"].shape[0]
+    keys = []
+    for b in range(n):
+        h = hashlib.sha1()
+        for k in CONTENT_KEYS:
+            if k in batch:
+                x = np.ascontiguousarray(batch[k][b])
+                h.update(k.encode())
+                h.update(str(x.dtype).encode() + str(x.shape).encode())
+                h.update(x.tobytes())
+        keys.append(h.hexdigest())
+    return keys
+
+
+class ReferenceCache:
+    """In-memory map example key -> f32[2] (chosen, rejected), persisted atomically as npz."""
+
+    def __init__(self, cache_dir: str, ref_id: str):
+        self.path = os.path.join(cache_dir, ref_id, "logps.npz")
+        self.table: dict[str, np.ndarray] = {}
+        if os.path.exists(self.path):
+            with np.load(self.path) as z:
+                self.table = dict(zip(z["keys"].tolist(), z["logps"]))
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.table
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def add(self, keys, logps) -> None:
+        for k, v in zip(keys, np.asarray(logps, np.float32)):
+            self.table[k] = v
+
+    def save(self) -> None:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), suffix=".npz")
+        os.close(fd)
+        keys = np.array(sorted(self.table), dtype="<U40")
+        np.savez(tmp, keys=keys, logps=np.stack([self.table[k] for k in keys.tolist()]) if len(keys)
+                 else np.zeros((0, 2), np.float32))
+        os.replace(tmp, self.path)
+
+    def lookup(self, batch: dict) -> np.ndarray:
+        """f32[B, 2] for a numpy batch; raises KeyError naming the first uncached example."""
+        out = []
+        for b, k in enumerate(example_keys(batch)):
+            if k not in self.table:
+                raise KeyError(f"example {b} of the batch (content hash {k}) has no cached reference log-probs "
+                               f"in {self.path}; the data or tokenization changed since the precompute pass")
+            out.append(self.table[k])
+        return np.stack(out)
