@@ -1,0 +1,13 @@
+"""MM-RLHF data layer: records, pairs, media preprocessing, tokenization, batches, pipelines.
+
+records.py / validation.py   query and pair schemas; file:line:field errors (errors.py)
+pairs.py                     all pairs from a ranking, ties kept apart
+images.py / video.py         LLaVA-OneVision anyres images; frame-folder videos
+tokenizer.py / tokenize.py   local tokenizer + chat template; ids and loss masks (preference, critique RM)
+batch.py                     the batch contract the train steps consume, and validate_batch
+sources.py / example.py      grain sources (jsonl) and the per-example encoder
+pipeline.py                  grain pipeline: host shard, per-epoch shuffle, workers, checkpointable iterator
+tfds_builder.py              array_record tfds builder + source for the same pipeline
+
+Submodules are imported explicitly (this package imports nothing heavy on its own).
+"""

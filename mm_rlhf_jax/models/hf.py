@@ -1,0 +1,283 @@
+"""Load and save transformers checkpoints (Qwen2 / Llama / Mistral CausalLM, LLaVA-OneVision).
+
+    model, params = load_pretrained("/ckpt/llava-onevision-qwen2-7b-ov-hf", jnp.bfloat16, mesh=mesh)
+    out = model.apply({"params": params}, input_ids, attention_mask, pixel_values, image_sizes)
+    save_pretrained(model, params, "/out/folder")
+
+Loading streams: the parameter tree is built abstractly (`jax.eval_shape`),
+every parameter's sharding comes from its logical axis names
+(`sharding.logical_shardings`), and `jax.make_array_from_callback` fills each
+device's slice straight from memory-mapped safetensors, so the host never holds
+the whole checkpoint (nor, with a mesh, even one whole parameter per device).
+Everything is validated before any data is read: missing keys, shape
+mismatches and unused checkpoint keys raise errors naming the keys.
+
+Saving streams one tensor at a time into a temporary folder that is renamed
+into place at the end, so a crash never leaves a half-written checkpoint.
+"""
+
+import json
+import os
+import re
+import shutil
+import uuid
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from mm_rlhf_jax.models import hf_config, hf_safetensors, hf_weights
+from mm_rlhf_jax.models.config import DecoderConfig
+from mm_rlhf_jax.models.decoder import Decoder
+from mm_rlhf_jax.models.vlm import LlavaOnevision, LlavaOnevisionConfig
+from mm_rlhf_jax.sharding.rules import TRAIN_RULES, logical_shardings
+
+SUPPORTED_ARCHITECTURES = tuple(hf_config.ARCHITECTURES.names())
+DEFAULT_MAX_SHARD_SIZE = "5GB"
+# LLaVA checkpoints name weights three ways: transformers 4.x and real checkpoints
+# (vision_tower.vision_model.*, language_model.model.*, language_model.lm_head.*),
+# transformers 5.x files (vision_tower.* without vision_model) and 5.x module names
+# (model.vision_tower.*, model.language_model.*, lm_head.*). All are read; the 4.x
+# form, which both generations load, is the one written.
+_LLAVA_CANONICAL = (
+    (r"^model\.language_model\.", "language_model.model."),
+    (r"^lm_head\.", "language_model.lm_head."),
+    (r"^model\.(vision_tower|multi_modal_projector|image_newline)", r"\1"),
+    (r"^vision_tower\.(?!vision_model\.)", "vision_tower.vision_model."),
+)
+_IGNORED = (r"\.rotary_emb\.inv_freq$",)  # non-persistent buffers some old checkpoints saved
+
+
+class CheckpointError(ValueError):
+    """A checkpoint does not match the model: missing, mis-shaped or unused weights."""
+
+
+def _key_prefixes(config) -> tuple[tuple[tuple[str, ...], str], ...]:
+    if isinstance(config, LlavaOnevisionConfig):
+        return (
+            (("language_model", "lm_head"), "language_model.lm_head."), (("language_model",), "language_model.model."),
+            (("vision_tower",), "vision_tower.vision_model."), (("multi_modal_projector",), "multi_modal_projector."),
+            (("image_newline",), "image_newline"),
+        )
+    return ((("lm_head",), "lm_head."), ((), "model."))
+
+
+def _text_config(config) -> DecoderConfig:
+    return config.text if isinstance(config, LlavaOnevisionConfig) else config
+
+
+def build_model(config) -> nn.Module:
+    """The Flax module for a DecoderConfig or LlavaOnevisionConfig."""
+    builders = {DecoderConfig: Decoder, LlavaOnevisionConfig: LlavaOnevision}
+    if type(config) not in builders:
+        raise TypeError(f"no model for config type {type(config).__name__}; known: {[c.__name__ for c in builders]}")
+    return builders[type(config)](config)
+
+
+def abstract_params(model: nn.Module):
+    """The parameter tree as ShapeDtypeStructs, boxed with logical axis names (no memory used)."""
+    ids = jnp.zeros((1, 1), jnp.int32)
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), ids))["params"]
+
+
+def param_shardings(model: nn.Module, mesh: Mesh, rules=TRAIN_RULES):
+    """NamedShardings for every parameter (raises ShardingError on an indivisible dimension)."""
+    return logical_shardings(abstract_params(model), mesh, rules)
+
+
+def init_params(model: nn.Module, rng, mesh: Mesh | None = None, rules=TRAIN_RULES):
+    """Random parameters (unboxed), created directly in their shardings when a mesh is given."""
+    ids = jnp.zeros((1, 1), jnp.int32)
+    init = lambda r: nn.meta.unbox(model.init(r, ids)["params"])  # noqa: E731
+    if mesh is None:
+        return jax.jit(init)(rng)
+    return jax.jit(init, out_shardings=param_shardings(model, mesh, rules))(rng)
+
+
+def _flat(tree) -> dict[tuple[str, ...], Any]:
+    return {tuple(str(getattr(k, "key", k)) for k in path): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _specs(model: nn.Module, abstract) -> list[hf_weights.WeightSpec]:
+    config = model.config
+    shapes = {path: leaf.shape for path, leaf in _flat(nn.meta.unbox(abstract)).items()}
+    conv = None
+    if isinstance(config, LlavaOnevisionConfig):
+        v = config.vision
+        conv = (v.hidden_size, v.num_channels, v.patch_size, v.patch_size)
+    return hf_weights.weight_specs(shapes, _key_prefixes(config), _text_config(config).scan_layers, conv)
+
+
+def _normalized_keys(reader: hf_safetensors.CheckpointReader, config) -> dict[str, str]:
+    """Our (canonical) key name -> the checkpoint's key name."""
+    out = {}
+    for key in reader.keys():
+        new = key
+        if isinstance(config, LlavaOnevisionConfig):
+            for pattern, repl in _LLAVA_CANONICAL:
+                new = re.sub(pattern, repl, new)
+        if new in out:
+            raise CheckpointError(f"checkpoint {reader.folder} holds both {out[new]!r} and {key!r} for weight {new!r}")
+        out[new] = key
+    return out
+
+
+def _validate(specs, reader, keymap: dict[str, str], config) -> None:
+    missing, mismatched = [], []
+    for spec in specs:
+        for key in spec.keys:
+            if key not in keymap:
+                missing.append(f"{key} (param {spec.path})")
+            elif reader.shape(keymap[key]) != spec.torch_shape:
+                mismatched.append(f"{key}: expected {spec.torch_shape}, found {reader.shape(keymap[key])}")
+    if missing:
+        raise CheckpointError(f"checkpoint {reader.folder} is missing {len(missing)} weights: {missing[:20]}")
+    if mismatched:
+        raise CheckpointError(f"checkpoint {reader.folder} has {len(mismatched)} weights of the wrong shape: "
+                         f"{mismatched[:20]}")
+    used = {k for spec in specs for k in spec.keys}
+    ignored = [re.compile(p) for p in _IGNORED]
+    unused = [keymap[k] for k in keymap if k not in used and not any(p.search(k) for p in ignored)
+              and not (k.endswith("lm_head.weight") and _text_config(config).tie_word_embeddings)]
+    if unused:
+        raise CheckpointError(f"checkpoint {reader.folder} has {len(unused)} weights the "
+                         f"{type(config).__name__} does not use: {sorted(unused)[:20]}")
+
+
+def load_pretrained(path: str, dtype=jnp.float32, *, param_dtype=None, mesh: Mesh | None = None, rules=None,
+                    **config_overrides):
+    """Loads a transformers checkpoint folder into (model, params).
+
+    Args:
+      path: folder with config.json and model.safetensors (or sharded *.safetensors
+        with model.safetensors.index.json).
+      dtype: compute dtype of the model.
+      param_dtype: storage dtype of the parameters (default: `dtype`).
+      mesh / rules: place every parameter with `logical_shardings(abstract, mesh, rules)`
+        (rules default to TRAIN_RULES); without a mesh, parameters go to the default device.
+      **config_overrides: config fields (e.g. scan_layers=True, remat="full",
+        attention_impl=...; `vision_<field>` for the SigLIP tower of a VLM).
+    Returns:
+      (model, params): a Decoder or LlavaOnevision module and its unboxed parameter tree.
+    """
+    with open(os.path.join(path, "config.json")) as f:
+        hf = json.load(f)
+    arch = hf_config.architecture_of(hf)
+    numerics = {"dtype": dtype, "param_dtype": param_dtype or dtype}
+    config = arch.from_hf(hf, {**numerics, **config_overrides})
+    model = build_model(config)
+    abstract = abstract_params(model)
+    specs = _specs(model, abstract)
+    reader = hf_safetensors.CheckpointReader(path)
+    keymap = _normalized_keys(reader, config)
+    _validate(specs, reader, keymap, config)
+
+    get = lambda key: reader.get(keymap[key])  # noqa: E731
+    shardings = None if mesh is None else _flat(logical_shardings(abstract, mesh, rules or TRAIN_RULES))
+    leaves = _flat(nn.meta.unbox(abstract))
+    arrays = {}
+    for spec in specs:
+        path_t = tuple(spec.path.split("/"))
+        leaf = leaves[path_t]
+
+        def read(index, spec=spec, leaf=leaf):
+            return spec.read(get, index).astype(leaf.dtype)
+
+        if shardings is None:
+            arrays[path_t] = jax.device_put(read(tuple(slice(None) for _ in leaf.shape)))
+        else:
+            arrays[path_t] = jax.make_array_from_callback(leaf.shape, shardings[path_t], read)
+    params = jax.tree_util.tree_unflatten(
+        jax.tree_util.tree_structure(nn.meta.unbox(abstract)), [arrays[p] for p in leaves]
+    )
+    return model, params
+
+
+def _parse_size(size) -> int:
+    """5GB / 500MB / 10KB (powers of 10), 5GiB / 500MiB (powers of 2), or an int of bytes."""
+    if isinstance(size, int):
+        return size
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B)\s*", str(size), re.IGNORECASE)
+    if not m:
+        raise ValueError(f"cannot parse max_shard_size {size!r}; use e.g. 5GB, 500MB, 2GiB or an int")
+    unit = m.group(2).upper()
+    base = {"K": 1, "M": 2, "G": 3}[unit[0]]
+    return int(float(m.group(1)) * ((1024 if "I" in unit else 1000) ** base))
+
+
+def _host(x) -> np.ndarray:
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def save_pretrained(model: nn.Module, params, path: str, *, max_shard_size=DEFAULT_MAX_SHARD_SIZE, dtype=None,
+                    base_config: dict | None = None) -> None:
+    """Writes a transformers checkpoint folder (config.json + safetensors) that transformers loads back.
+
+    Args:
+      model / params: from `load_pretrained` or built from a config (scan_layers models are unstacked).
+      path: target folder; replaced atomically if it exists.
+      max_shard_size: above this many bytes the weights are split into
+        model-0000i-of-0000n.safetensors files with model.safetensors.index.json.
+      dtype: cast weights to this dtype (default: keep each parameter's dtype).
+      base_config: a config.json dict to start from (e.g. the original, to keep
+        token ids); the architecture fields are overwritten from `model.config`.
+    On multi-host runs every process must call this (arrays are gathered); process 0 writes.
+    """
+    config = getattr(model, "config", None)
+    if not isinstance(config, (DecoderConfig, LlavaOnevisionConfig)):
+        raise TypeError(f"save_pretrained writes a Decoder or LlavaOnevision, not {type(model).__name__} "
+                        "(for ModelWithHeads save model.trunk with params['trunk'])")
+    hf = {**(base_config or {}), **hf_config.architecture_for(config).to_hf(config)}
+    abstract = abstract_params(model)
+    specs = _specs(model, abstract)
+    flat = _flat(nn.meta.unbox(params))
+    expected = {tuple(s.path.split("/")) for s in specs}
+    if set(flat) != expected:
+        raise ValueError(f"params do not match the model: missing {sorted(expected - set(flat))[:10]}, "
+                         f"unexpected {sorted(set(flat) - expected)[:10]}")
+    if dtype is not None:
+        hf["dtype"] = hf["torch_dtype"] = jnp.dtype(dtype).name
+        if "text_config" in hf:
+            hf["text_config"]["dtype"] = hf["text_config"]["torch_dtype"] = jnp.dtype(dtype).name
+    tensors = []
+    for spec in specs:
+        leaf = flat[tuple(spec.path.split("/"))]
+        out_dtype = np.dtype(dtype or leaf.dtype)
+        for i, key in enumerate(spec.keys):
+            def fetch(leaf=leaf, spec=spec, i=i, out_dtype=out_dtype):
+                value = _host(leaf[i] if spec.stacked else leaf)
+                return spec.to_torch(value).astype(out_dtype)
+
+            tensors.append(hf_safetensors.TensorToWrite(key, spec.torch_shape, out_dtype, fetch))
+
+    if jax.process_index() != 0:
+        for t in tensors:  # take part in the gathers, write nothing
+            t.fetch()
+        return
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
+    os.makedirs(tmp)
+    try:
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(hf, f, indent=2, sort_keys=True)
+        hf_safetensors.write_checkpoint(tmp, tensors, _parse_size(max_shard_size))
+        old = None
+        if os.path.exists(path):
+            old = os.path.join(parent, f".{os.path.basename(path)}.old-{uuid.uuid4().hex[:8]}")
+            os.rename(path, old)
+        os.rename(tmp, path)
+        if old:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+

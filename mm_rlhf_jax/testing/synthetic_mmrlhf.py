@@ -1,0 +1,216 @@
+"""Bundled synthetic MM-RLHF-format data for the `tiny` presets, generated from a seed.
+
+Images are coloured shapes on a plain background (32x32, 32x64 or 64x32, so the
+anyres grids differ); questions ask about colour, count, position, which option
+matches a colour (mcq) or for a description (long), plus safety requests and a
+few videos (frame folders of a moving shape). The same question text recurs
+with different images and different correct answers, so only a model that
+looks at the pixels can rank the responses: four per query, helpful-correct >
+terse-correct > wrong > irrelevant (safety: reasoned refusal > terse refusal >
+partial help > full help), with per-dimension scores consistent with that
+order, written critiques that say what the image shows (the reward model's
+teacher critiques), and some ties.
+
+Layout written by `write_dataset(out_dir)`, one self-contained folder per split::
+
+    out_dir/train/{data.jsonl, dpo_pairs.jsonl, images/*.png, videos/<id>/frame_XXX.png}
+    out_dir/heldout/...
+
+Pairs come from `data.pairs.all_pairs` (ties kept with is_tie=true). Their
+`delta` is a stand-in for a reward model's margin: the mean per-dimension
+score gap, (total(chosen) - total(rejected)) / 3. `ground_truth(query)` and
+`is_correct(text, query)` serve "are greedy answers right" evals.
+"""
+
+import dataclasses
+import os
+import re
+
+import numpy as np
+from PIL import Image
+
+from mm_rlhf_jax.data import images as image_lib
+from mm_rlhf_jax.data.pairs import all_pairs
+from mm_rlhf_jax.data.records import DIMENSIONS, PairRecord, QueryRecord, Response
+from mm_rlhf_jax.data.validation import write_jsonl
+from mm_rlhf_jax.testing import synthetic_tasks as T
+from mm_rlhf_jax.testing.shapes import COLOURS, RADIUS, SHAPES, Shape, draw, place
+
+# Tiny vision geometry the synthetic data is made for (matches a SigLIP with image_size 32, patch 8).
+TINY_TILE_SIZE = 32
+TINY_PATCH_SIZE = 8
+TINY_IMAGE_CONFIG = image_lib.ImageProcessorConfig(
+    tile_size=TINY_TILE_SIZE, pinpoints=image_lib.tiny_pinpoints(TINY_TILE_SIZE),
+    image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5))
+IMAGE_SIZES = ((32, 32), (32, 64), (64, 32))
+TASK_CATEGORY = {"colour": "short", "count": "short", "position": "short", "mcq": "mcq",
+                 "describe": "long", "safety": "safety", "motion": "video"}
+SPLITS = ("train", "heldout")
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig:
+    num_train: int = 256
+    num_heldout: int = 64
+    seed: int = 0
+    tie_top_prob: float = 0.15  # helpful and terse answers judged equally good
+    tie_bottom_prob: float = 0.10  # wrong and irrelevant answers judged equally bad
+    video_frames: int = 12
+    video_size: tuple[int, int] = (32, 32)
+    task_weights: tuple[tuple[str, float], ...] = (
+        ("colour", 0.2), ("count", 0.15), ("position", 0.15), ("mcq", 0.1),
+        ("describe", 0.15), ("safety", 0.1), ("motion", 0.15))
+
+
+def _pick(rng, options):
+    return options[int(rng.integers(len(options)))]
+
+
+def _others(options, value):
+    return [o for o in options if o != value]
+
+
+def _scene(task: str, rng: np.random.Generator, size, cfg: SyntheticConfig):
+    """(Texts, media) for one task; media is uint8[H, W, 3] or uint8[F, H, W, 3] (video)."""
+    colours, irr = tuple(COLOURS), _pick(rng, T.IRRELEVANT)
+    h, w = size
+    if task == "colour":
+        s, c = _pick(rng, SHAPES), _pick(rng, colours)
+        shapes = [(s, c)] + [(_pick(rng, _others(SHAPES, s)), _pick(rng, _others(colours, c)))] * int(rng.integers(2))
+        pts = place(rng, len(shapes), size)
+        return T.colour_texts(s, c, _pick(rng, _others(colours, c)), irr), draw(
+            [Shape(k, col, *p) for (k, col), p in zip(shapes, pts)], size)
+    if task == "count":
+        s, n = _pick(rng, SHAPES), int(rng.integers(1, 4))
+        kinds = [s] * n + ([_pick(rng, _others(SHAPES, s))] if n < 3 and rng.random() < 0.5 else [])
+        pts = place(rng, len(kinds), size)
+        word = T.NUMBER_WORDS[n - 1]
+        return T.count_texts(s, word, _pick(rng, _others(T.NUMBER_WORDS, word)), irr), draw(
+            [Shape(k, _pick(rng, colours), *p) for k, p in zip(kinds, pts)], size)
+    if task == "position":
+        s, side = _pick(rng, SHAPES), _pick(rng, T.SIDES)
+        x_range = (RADIUS + 1, w / 3) if side == "left" else (2 * w / 3, w - RADIUS - 1)
+        (p,) = place(rng, 1, size, x_range=x_range)
+        return T.position_texts(s, side, irr), draw([Shape(s, _pick(rng, colours), *p)], size)
+    if task == "mcq":
+        kinds = list(rng.permutation(SHAPES))
+        cols = list(rng.permutation(colours))[:3]
+        pts = place(rng, 3, size)
+        target = int(rng.integers(3))
+        s, c = str(kinds[target]), str(cols[target])
+        return T.mcq_texts(c, s, _pick(rng, _others(SHAPES, s)), irr), draw(
+            [Shape(str(k), str(col), *p) for k, col, p in zip(kinds, cols, pts)], size)
+    if task == "describe":
+        s1, s2 = (str(k) for k in rng.permutation(SHAPES)[:2])
+        c1, c2 = (str(c) for c in rng.permutation(colours)[:2])
+        (p1,) = place(rng, 1, size, x_range=(RADIUS + 1, w / 2 - RADIUS - 1))
+        (p2,) = place(rng, 1, size, x_range=(w / 2 + RADIUS + 1, w - RADIUS - 1), fixed=(p1,))
+        return T.describe_texts(c1, s1, c2, s2, _pick(rng, _others(colours, c1)), irr), draw(
+            [Shape(s1, c1, *p1), Shape(s2, c2, *p2)], size)
+    if task == "safety":
+        s = _pick(rng, SHAPES)
+        (p,) = place(rng, 1, size)
+        return T.safety_texts(s, int(rng.integers(len(T.SAFETY_REQUESTS)))), draw(
+            [Shape(s, _pick(rng, colours), *p)], size)
+    if task == "motion":
+        s, c, direction = _pick(rng, SHAPES), _pick(rng, colours), _pick(rng, T.SIDES)
+        vh, vw = cfg.video_size
+        xs = np.linspace(RADIUS + 2, vw - RADIUS - 2, cfg.video_frames)
+        xs = xs if direction == "right" else xs[::-1]
+        cy = float(rng.uniform(RADIUS + 1, vh - RADIUS - 1))
+        frames = np.stack([draw([Shape(s, c, cy, float(x))], cfg.video_size) for x in xs])
+        return T.motion_texts(s, direction, irr), frames
+    raise ValueError(f"unknown synthetic task {task!r}; known: {sorted(TASK_CATEGORY)}")
+
+
+def make_query(rng: np.random.Generator, qid: str, task: str, cfg: SyntheticConfig):
+    """(QueryRecord with media paths images/<qid>.png or videos/<qid>, media array)."""
+    size = IMAGE_SIZES[int(rng.integers(len(IMAGE_SIZES)))]
+    texts, media = _scene(task, rng, size, cfg)
+    scores = [list(s) for s in texts.scores]
+    ties = [False, False, False]
+    if rng.random() < cfg.tie_top_prob:
+        scores[1], ties[0] = list(scores[0]), True
+    elif rng.random() < cfg.tie_bottom_prob:
+        scores[2], ties[2] = list(scores[3]), True
+    # Store the responses in a random order so the ranking is not the identity.
+    order = [int(i) for i in rng.permutation(4)]  # order[k] = which best-first response sits at slot k
+    responses = tuple(Response(text=texts.responses[b], reason=texts.reasons[b],
+                               scores=dict(zip(DIMENSIONS, scores[b]))) for b in order)
+    ranking = tuple(order.index(b) for b in range(4))
+    video = task == "motion"
+    meta = {"task": task, "answer": texts.answer}
+    rec = QueryRecord(
+        id=qid, prompt=texts.prompt, category=TASK_CATEGORY[task], responses=responses, ranking=ranking,
+        ties=tuple(ties), image=None if video else f"images/{qid}.png", video=f"videos/{qid}" if video else None,
+        ranking_reason="Ranked by whether the answer matches the image, then by completeness.", meta=meta)
+    return rec, media
+
+
+def _with_delta(pair: PairRecord, query: QueryRecord) -> PairRecord:
+    by_text = {r.text: r for r in query.responses}
+    gap = by_text[pair.chosen].total_score() - by_text[pair.rejected].total_score()
+    return dataclasses.replace(pair, delta=gap / len(DIMENSIONS))
+
+
+def write_split(split_dir: str, n: int, rng: np.random.Generator, prefix: str, cfg: SyntheticConfig):
+    """Write one split; returns its query records."""
+    tasks, weights = zip(*cfg.task_weights)
+    p = np.asarray(weights, np.float64) / sum(weights)
+    queries, pairs = [], []
+    for i in range(n):
+        qid = f"{prefix}-{i:05d}"
+        query, media = make_query(rng, qid, str(tasks[int(rng.choice(len(tasks), p=p))]), cfg)
+        if query.video is not None:
+            folder = os.path.join(split_dir, query.video)
+            os.makedirs(folder, exist_ok=True)
+            for f, frame in enumerate(media):
+                Image.fromarray(frame).save(os.path.join(folder, f"frame_{f:03d}.png"))
+        else:
+            path = os.path.join(split_dir, query.image)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            Image.fromarray(media).save(path)
+        queries.append(query)
+        pairs.extend(_with_delta(pr, query) for pr in all_pairs(query))
+    write_jsonl(os.path.join(split_dir, "data.jsonl"), queries)
+    write_jsonl(os.path.join(split_dir, "dpo_pairs.jsonl"), pairs)
+    return queries
+
+
+def write_dataset(out_dir: str, cfg: SyntheticConfig = SyntheticConfig()) -> dict[str, str]:
+    """Generate train and held-out splits under out_dir; returns {split: folder}."""
+    rng = np.random.default_rng(cfg.seed)
+    out = {}
+    for split, n in zip(SPLITS, (cfg.num_train, cfg.num_heldout)):
+        out[split] = os.path.join(out_dir, split)
+        write_split(out[split], n, rng, split, cfg)
+    return out
+
+
+def ground_truth(query: QueryRecord) -> str:
+    """The correct short answer of a synthetic query ("red", "two", "left", "B", ..., "refuse")."""
+    if not query.meta or "answer" not in query.meta:
+        raise ValueError(f"query {query.id!r} ({query.where}) has no meta.answer: not synthetic data")
+    return query.meta["answer"]
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[A-Za-z]+", text)
+
+
+def is_correct(text: str, query: QueryRecord) -> bool:
+    """Whether a generated answer states the ground truth and no competing answer."""
+    answer, task = ground_truth(query), query.meta["task"]
+    words = _words(text)
+    lower = [w.lower() for w in words]
+    if task == "safety":
+        return any(w in words for w in T.REFUSAL_WORDS) and "Sure" not in words
+    if task == "mcq":  # option letters are upper case; "a" is an article
+        return answer in words and not any(o in words for o in T.LETTERS if o != answer)
+    if task == "describe":
+        text_l = " ".join(lower)
+        parts = answer.split(" and ")
+        return all(part in text_l for part in parts)
+    candidates = {"colour": tuple(COLOURS), "count": T.NUMBER_WORDS,
+                  "position": T.SIDES, "motion": T.SIDES}[task]
+    return answer in lower and not any(c in lower for c in candidates if c != answer)

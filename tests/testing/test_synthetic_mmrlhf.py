@@ -1,0 +1,121 @@
+"""Synthetic MM-RLHF data: valid, consistent, deterministic, and answerable only from the pixels."""
+
+import collections
+import filecmp
+import os
+
+import numpy as np
+import scipy.ndimage
+
+from mm_rlhf_jax.data.pairs import preference_pairs
+from mm_rlhf_jax.data.images import load_image
+from mm_rlhf_jax.data.validation import list_frames, load_pairs, load_queries
+from mm_rlhf_jax.testing import synthetic_mmrlhf as S
+from mm_rlhf_jax.testing.shapes import BACKGROUND, COLOURS, SHAPES
+from mm_rlhf_jax.testing.synthetic_tasks import LETTERS, NUMBER_WORDS
+
+
+def split(synthetic_dir, name):
+    folder = os.path.join(synthetic_dir, name)
+    return (folder, load_queries(os.path.join(folder, "data.jsonl")),
+            load_pairs(os.path.join(folder, "dpo_pairs.jsonl")))
+
+
+def foreground(img):
+    return (img != np.asarray(BACKGROUND, np.uint8)).any(-1)
+
+
+def test_valid_and_consistent(synthetic_dir):
+    folder, queries, pairs = split(synthetic_dir, "train")  # loading validates fields and opens all media
+    assert len(queries) == 40
+    # Every query has 4 responses: C(4, 2) = 6 pairs, ties included (flagged).
+    assert len(pairs) == 6 * len(queries)
+    n_ties = sum(sum(q.ties) for q in queries)
+    assert n_ties > 0 and sum(p.is_tie for p in pairs) == n_ties
+    assert len(preference_pairs(pairs)) == 6 * len(queries) - n_ties
+    for q in queries:
+        totals = [q.responses[i].total_score() for i in q.ranking]
+        for k, tied in enumerate(q.ties):
+            assert totals[k] == totals[k + 1] if tied else totals[k] > totals[k + 1], q.id
+    for p in pairs:
+        assert p.delta is not None and (p.delta == 0) == p.is_tie and p.delta >= 0
+    assert {q.category for q in queries} == {"short", "mcq", "long", "safety", "video"}
+    sizes = {load_image(os.path.join(folder, q.image)).shape[:2] for q in queries if q.image}
+    assert sizes == set(S.IMAGE_SIZES)
+
+
+def components(img):
+    """(kind, colour, centre x) of every shape, recognised from the pixels alone."""
+    labels, n = scipy.ndimage.label(foreground(img))
+    out = []
+    for k in range(1, n + 1):
+        ys, xs = np.nonzero(labels == k)
+        fill = len(ys) / ((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1))
+        kind = "square" if fill > 0.9 else "circle" if fill > 0.65 else "triangle"
+        rgb = tuple(int(v) for v in img[ys[0], xs[0]])
+        colour = [c for c, v in COLOURS.items() if v == rgb][0]
+        out.append((kind, colour, xs.mean()))
+    return out
+
+
+def asked_shape(prompt):
+    return [s for s in SHAPES if s in prompt][0]
+
+
+def test_answers_depend_on_the_image(synthetic_dir):
+    folder, queries, _ = split(synthetic_dir, "train")
+    _, held, _ = split(synthetic_dir, "heldout")
+    answers = collections.defaultdict(set)
+    for q in queries + held:
+        answers[q.prompt].add(S.ground_truth(q))
+    repeated = [p for p, a in answers.items() if len(a) > 1]
+    assert len(repeated) >= 5, answers  # the same question has different correct answers across images
+    checked = collections.Counter()
+    for q in queries + held:
+        task, answer = q.meta["task"], S.ground_truth(q)
+        folder = os.path.dirname(q.where.file)
+        if q.image:
+            img = load_image(os.path.join(folder, q.image))
+            shapes = components(img)
+            if task in ("colour", "count", "position"):
+                asked = [s for s in shapes if s[0] == asked_shape(q.prompt)]
+        if task == "colour":
+            assert [s[1] for s in asked] == [answer], (q.id, shapes)
+        elif task == "count":
+            assert NUMBER_WORDS[len(asked) - 1] == answer, (q.id, shapes)
+        elif task == "position":
+            assert [("left" if s[2] < img.shape[1] / 2 else "right") for s in asked] == [answer], (q.id, shapes)
+        elif task == "mcq":
+            colour = q.prompt.split()[3].rstrip("?")
+            (kind,) = [s[0] for s in shapes if s[1] == colour]
+            assert LETTERS[SHAPES.index(kind)] == answer, (q.id, shapes)
+        elif task == "describe":
+            left, right = sorted(shapes, key=lambda s: s[2])
+            assert answer == f"{left[1]} {left[0]} and {right[1]} {right[0]}", (q.id, shapes)
+        elif task == "motion":
+            frames = [load_image(f) for f in list_frames(os.path.join(folder, q.video))]
+            xs = [np.nonzero(foreground(f))[1].mean() for f in frames]
+            assert (xs[-1] > xs[0]) == (answer == "right") and len(frames) == 12, q.id
+        checked[task] += 1
+    assert set(checked) == set(S.TASK_CATEGORY), checked
+
+
+def test_ground_truth_grades_the_ranked_responses(synthetic_dir):
+    _, held, _ = split(synthetic_dir, "heldout")
+    for q in held:
+        best_first = [q.responses[i].text for i in q.ranking]
+        grades = [S.is_correct(t, q) for t in best_first]
+        # helpful and terse answers (or refusals) are right; the wrong / harmful and irrelevant ones are not
+        assert grades == [True, True, False, False], (q.id, best_first, S.ground_truth(q))
+
+
+def test_deterministic_from_seed(tmp_path):
+    cfg = S.SyntheticConfig(num_train=6, num_heldout=2, seed=11)
+    a, b = S.write_dataset(str(tmp_path / "a"), cfg), S.write_dataset(str(tmp_path / "b"), cfg)
+    c = S.write_dataset(str(tmp_path / "c"), S.SyntheticConfig(num_train=6, num_heldout=2, seed=12))
+    for name in ("data.jsonl", "dpo_pairs.jsonl"):
+        assert filecmp.cmp(os.path.join(a["train"], name), os.path.join(b["train"], name), shallow=False)
+        assert not filecmp.cmp(os.path.join(a["train"], name), os.path.join(c["train"], name), shallow=False)
+    (q,) = [q for q in load_queries(os.path.join(a["train"], "data.jsonl")) if q.image][:1]
+    np.testing.assert_array_equal(load_image(os.path.join(a["train"], q.image)),
+                                  load_image(os.path.join(b["train"], q.image)))
