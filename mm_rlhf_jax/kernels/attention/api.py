@@ -20,10 +20,9 @@ from mm_rlhf_jax.registry import Registry
 
 IMPLS = Registry("attention impl")
 
-_AUTO = {"cpu": "xla", "gpu": "pallas_gpu", "cuda": "pallas_gpu", "rocm": "pallas_gpu", "tpu": "pallas_tpu"}
-_PALLAS = {"cpu": "pallas_tpu", "gpu": "pallas_gpu", "cuda": "pallas_gpu", "rocm": "pallas_gpu",
-           "tpu": "pallas_tpu"}
-
+# Backend (jax.default_backend()) -> impl; other backends fall back to "xla".
+_AUTO = {"cpu": "xla", "gpu": "pallas_gpu", "tpu": "pallas_tpu"}
+_PALLAS = {"cpu": "pallas_tpu", "gpu": "pallas_gpu", "tpu": "pallas_tpu"}
 
 IMPLS.register("xla")(attention_xla)
 IMPLS.register("pallas_tpu")(attention_pallas_tpu)
@@ -36,7 +35,9 @@ def resolve_impl(impl: str, backend: str | None = None) -> str:
     if impl == "auto":
         return _AUTO.get(backend, "xla")
     if impl == "pallas":
-        return _PALLAS.get(backend, "pallas_tpu")
+        if backend not in _PALLAS:
+            raise ValueError(f"no Pallas variant for backend {backend!r}; use impl='xla'")
+        return _PALLAS[backend]
     if impl == "reference" or impl in IMPLS:
         return impl
     raise ValueError(
@@ -60,7 +61,7 @@ def attention(
     scale: float | None = None,
     impl: str = "auto",
     block_sizes: common.BlockSizes | None = None,
-    interpret: bool | None = None,
+    interpret=None,
 ):
     """Multi-head attention with GQA, causal/segment/shared-prompt masking.
 
@@ -81,7 +82,8 @@ def attention(
       impl: "auto" | "pallas" | "xla" | "reference" | "pallas_tpu" | "pallas_gpu"
         (see the module table).
       block_sizes: overrides the per-backend table in `blocks.py`.
-      interpret: run Pallas kernels in interpret mode; default True on CPU.
+      interpret: run Pallas kernels in interpret mode (default: on CPU only); a
+        `pltpu.InterpretParams` runs the TPU variant in TPU interpret mode.
     Returns:
       [B, T, Hq, D] in q.dtype. Query rows that see no key are zeros.
     """
