@@ -26,6 +26,8 @@ INSTALL_REQUIRES = [
     "jaxtyping>=0.2.36,<0.4",
     "absl-py>=2.1,<3",
     "jinja2>=3.1,<4",
+    # rewards/math.py builds sympy expressions with its own parser (no eval).
+    "sympy>=1.12,<2",
 ]
 
 TEST_REQUIRES = [
