@@ -17,7 +17,13 @@ from mm_rlhf_jax import distributed
 
 # Algorithm name -> "module:function"; imported lazily so one algorithm's
 # dependencies never load for another.
-ALGORITHMS: dict[str, str] = {}
+ALGORITHMS: dict[str, str] = {
+    "reward_model": "mm_rlhf_jax.train.reward_model:run",
+    "mm_dpo": "mm_rlhf_jax.train.mm_dpo:run",
+    "ppo": "mm_rlhf_jax.train.ppo:run",
+    "align_pro": "mm_rlhf_jax.train.align_pro:run",
+    "longpo": "mm_rlhf_jax.train.longpo:run",
+}
 
 config_flags.DEFINE_config_file("config", None, "configs/<algo>.py:<preset>", lock_config=True)
 flags.DEFINE_string("workdir", None, "checkpoints, metrics.jsonl, TensorBoard events, eval.json")

@@ -28,7 +28,7 @@ from typing import TypedDict
 
 import numpy as np
 
-KINDS = ("preference", "reward")
+KINDS = ("preference", "reward", "reward_scalar")
 
 
 class PreferenceBatch(TypedDict, total=False):
@@ -85,7 +85,7 @@ def validate_batch(batch: dict, *, kind: str = "preference", check_values: bool 
     """
     if kind not in KINDS:
         raise ValueError(f"unknown batch kind {kind!r}; expected one of {KINDS}")
-    required = REQUIRED + (("has_critique",) if kind == "reward" else ())
+    required = REQUIRED + (("has_critique",) if kind.startswith("reward") else ())
     missing = [k for k in required if k not in batch]
     if missing:
         raise ValueError(f"{kind} batch is missing keys {missing}; has {sorted(batch)}")

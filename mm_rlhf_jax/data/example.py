@@ -19,10 +19,11 @@ from mm_rlhf_jax.data import video as video_lib
 from mm_rlhf_jax.data.batch import KINDS
 from mm_rlhf_jax.data.errors import DataError
 from mm_rlhf_jax.data.records import category_index
-from mm_rlhf_jax.data.tokenize import Media, tokenize_critique, tokenize_preference
+from mm_rlhf_jax.data.tokenize import Media, tokenize_critique, tokenize_preference, tokenize_scalar_reward
 from mm_rlhf_jax.data.tokenizer import IMAGE_TOKEN, VIDEO_TOKEN, cached_tokenizer, special_ids
 
-_TOKENIZERS = {"preference": tokenize_preference, "reward": tokenize_critique}
+_TOKENIZERS = {"preference": tokenize_preference, "reward": tokenize_critique,
+               "reward_scalar": tokenize_scalar_reward}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,8 +111,12 @@ class ExampleEncoder:
         count = video_lib.num_video_tokens(cfg.num_frames, cfg.image, cfg.patch_size)
         return pv, Media(VIDEO_TOKEN, self._media_token_id(VIDEO_TOKEN, rec.where, "video"), count, "video")
 
-    def __call__(self, element: dict) -> dict:
-        cfg, rec = self.cfg, element["record"]
+    def media_arrays(self, element: dict, rec) -> tuple[dict, Media | None]:
+        """Fixed-shape pixel arrays of the record's image/video (zeros when absent) and its Media.
+
+        `rec` is any record with .image / .video / .where (a PairRecord or QueryRecord).
+        """
+        cfg = self.cfg
         media = None
         out: dict = {}
         if cfg.image is not None:
@@ -132,6 +137,11 @@ class ExampleEncoder:
             if not cfg.video:
                 raise DataError(rec.where, "video", "record has a video but the pipeline has video disabled")
             out["pixel_values_videos"], media = self._video(element, rec)
+        return out, media
+
+    def __call__(self, element: dict) -> dict:
+        cfg, rec = self.cfg, element["record"]
+        out, media = self.media_arrays(element, rec)
         tokens = _TOKENIZERS[cfg.kind](self.tokenizer, rec, max_length=cfg.max_length, media=media,
                                        system=cfg.system_prompt)
         nan = np.float32(np.nan)

@@ -59,3 +59,24 @@ class JsonlPairSource:
 
     def __repr__(self) -> str:
         return f"JsonlPairSource({self.path!r}, {len(self)} pairs)"
+
+
+class RecordPairSource:
+    """In-memory pair records (e.g. pairs whose critiques were just generated), same elements as JsonlPairSource."""
+
+    def __init__(self, records, media_root: str, query_ids=None):
+        self._records = list(records)
+        self.media_root = media_root
+        qids = query_index(r.id for r in self._records)
+        self._qids = list(query_ids) if query_ids is not None else [qids[r.id] for r in self._records]
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"record": self._records[index], "query_id": self._qids[index], "media_root": self.media_root,
+                "image": None, "video": None}
+
+    @property
+    def records(self):
+        return list(self._records)

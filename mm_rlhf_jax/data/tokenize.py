@@ -142,15 +142,25 @@ def tokenize_preference(tok, pair: PairRecord, *, max_length: int, media: Media 
 
 
 def tokenize_critique(tok, pair: PairRecord, *, max_length: int, media: Media | None = None,
-                      system: str | None = None) -> dict[str, np.ndarray]:
-    """Critique-RM sequences [2, T] (critic prompt + critique) and has_critique: bool."""
+                      system: str | None = None, with_critique: bool = True) -> dict[str, np.ndarray]:
+    """Critique-RM sequences [2, T] (critic prompt + critique) and has_critique: bool.
+
+    with_critique=False gives the scalar-only RM ablation: the critic prompt alone
+    (up to the assistant header), scored without any critique.
+    """
     seqs = []
+    use_critique = with_critique and pair.has_critique
     for field, text, reason in (("chosen", pair.chosen, pair.chosen_reason),
                                 ("rejected", pair.rejected, pair.rejected_reason)):
         user = critic_content(pair.prompt, text, media)
-        seqs.append(encode_turns(tok, user, reason if pair.has_critique else None, max_length=max_length,
+        seqs.append(encode_turns(tok, user, reason if use_critique else None, max_length=max_length,
                                  media=media, system=system, where=pair.where, prompt_field=field,
                                  response_field=f"{field}_reason"))
     out = pad_right(seqs, max_length, int(tok.pad_token_id))
-    out["has_critique"] = np.bool_(pair.has_critique)
+    out["has_critique"] = np.bool_(use_critique)
     return out
+
+
+def tokenize_scalar_reward(tok, pair: PairRecord, **kw) -> dict[str, np.ndarray]:
+    """The scalar-only RM format: critic prompt over each answer, no critique."""
+    return tokenize_critique(tok, pair, with_critique=False, **kw)

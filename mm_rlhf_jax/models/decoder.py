@@ -206,7 +206,11 @@ class Decoder(nn.Module):
         new_cache = None
         if cache is not None:
             new_cache = KVCache(k=new_kv[0], v=new_kv[1], segment_ids=ctx.kv_segment_ids, index=cache.index + t)
-        logits = self.logits(hidden) if compute_logits else None
+        logits = None
+        if compute_logits:
+            logits = self.logits(hidden)
+        elif self.is_initializing():
+            self.logits(hidden)  # initialising without logits must still create the LM-head parameters
         return ModelOutput(logits=logits, hidden_states=hidden, cache=new_cache)
 
     def logits(self, hidden):
@@ -219,11 +223,19 @@ class Decoder(nn.Module):
 
     def lm_head_weight(self, params) -> jax.Array:
         """The LM head as w[E, V] from this module's params (tied: embedding transposed)."""
-        params = nn.meta.unbox(params)
-        if self.config.tie_word_embeddings:
-            return params["embed_tokens"]["embedding"].T
-        return params["lm_head"]["kernel"]
+        return lm_head_weight(self.config, params)
 
     def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
-        cfg = self.config
-        return KVCache.empty(cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_size, dtype or cfg.dtype)
+        return init_cache(self.config, batch, max_len, dtype)
+
+
+def lm_head_weight(cfg: DecoderConfig, params) -> jax.Array:
+    """w[E, V] of a decoder's params (plain function: callable outside any module context)."""
+    params = nn.meta.unbox(params)
+    if cfg.tie_word_embeddings:
+        return params["embed_tokens"]["embedding"].T
+    return params["lm_head"]["kernel"]
+
+
+def init_cache(cfg: DecoderConfig, batch: int, max_len: int, dtype=None) -> KVCache:
+    return KVCache.empty(cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_size, dtype or cfg.dtype)

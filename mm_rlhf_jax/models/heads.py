@@ -116,3 +116,7 @@ class ModelWithHeads(nn.Module):
 
     def lm_head_weight(self, params) -> jax.Array:
         return self.trunk.lm_head_weight(nn.meta.unbox(params)["trunk"])
+
+    def init_cache(self, batch: int, max_len: int, dtype=None):
+        """The trunk's KV cache (heads keep no state), for sampling critiques with the RM's LM head."""
+        return self.trunk.init_cache(batch, max_len, dtype)

@@ -149,6 +149,14 @@ def _validate(specs, reader, keymap: dict[str, str], config) -> None:
                          f"{type(config).__name__} does not use: {sorted(unused)[:20]}")
 
 
+def load_config(path: str, dtype=jnp.float32, *, param_dtype=None, **config_overrides):
+    """The DecoderConfig / LlavaOnevisionConfig of a checkpoint folder (reads only config.json)."""
+    with open(os.path.join(path, "config.json")) as f:
+        hf = json.load(f)
+    numerics = {"dtype": dtype, "param_dtype": param_dtype or dtype}
+    return hf_config.architecture_of(hf).from_hf(hf, {**numerics, **config_overrides})
+
+
 def load_pretrained(path: str, dtype=jnp.float32, *, param_dtype=None, mesh: Mesh | None = None, rules=None,
                     **config_overrides):
     """Loads a transformers checkpoint folder into (model, params).
@@ -165,12 +173,8 @@ def load_pretrained(path: str, dtype=jnp.float32, *, param_dtype=None, mesh: Mes
     Returns:
       (model, params): a Decoder or LlavaOnevision module and its unboxed parameter tree.
     """
-    with open(os.path.join(path, "config.json")) as f:
-        hf = json.load(f)
-    arch = hf_config.architecture_of(hf)
-    numerics = {"dtype": dtype, "param_dtype": param_dtype or dtype}
-    config = arch.from_hf(hf, {**numerics, **config_overrides})
-    model = build_model(config)
+    model = build_model(load_config(path, dtype, param_dtype=param_dtype, **config_overrides))
+    config = model.config
     abstract = abstract_params(model)
     specs = _specs(model, abstract)
     reader = hf_safetensors.CheckpointReader(path)

@@ -34,6 +34,7 @@ import numpy as np
 
 from mm_rlhf_jax.models import anyres, layers
 from mm_rlhf_jax.models.config import DecoderConfig
+from mm_rlhf_jax.models import decoder as decoder_lib
 from mm_rlhf_jax.models.decoder import Decoder
 from mm_rlhf_jax.models.outputs import KVCache, ModelOutput
 from mm_rlhf_jax.models.projector import MultiModalProjector
@@ -298,7 +299,7 @@ class LlavaOnevision(nn.Module):
 
     def lm_head_weight(self, params) -> jax.Array:
         """The LM head as w[E, V] from this module's params."""
-        return Decoder(self.config.text).lm_head_weight(nn.meta.unbox(params)["language_model"])
+        return decoder_lib.lm_head_weight(self.config.text, nn.meta.unbox(params)["language_model"])
 
     def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
-        return Decoder(self.config.text).init_cache(batch, max_len, dtype)
+        return decoder_lib.init_cache(self.config.text, batch, max_len, dtype)

@@ -8,4 +8,5 @@ from mm_rlhf_jax.sharding.rules import (
     constrain,
     logical_shardings,
     rules_for,
+    unbox_values,
 )

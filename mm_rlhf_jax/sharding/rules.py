@@ -86,6 +86,16 @@ def _path_str(path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
+def unbox_values(tree):
+    """Removes logical-partitioning boxes without adding sharding constraints.
+
+    (nn.meta.unbox applies with_sharding_constraint inside a mesh context,
+    which fails on ShapeDtypeStructs and is never wanted outside a trace.)
+    """
+    is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
+    return jax.tree.map(lambda x: x.value if is_box(x) else x, tree, is_leaf=is_box)
+
+
 def logical_shardings(abstract_tree, mesh: Mesh, rules: Rules):
     """Maps a tree of logically-annotated (abstract) arrays to NamedShardings.
 
@@ -96,9 +106,7 @@ def logical_shardings(abstract_tree, mesh: Mesh, rules: Rules):
     replicates.
     """
     logical_specs = nn.get_partition_spec(abstract_tree)
-    # Read the boxed values directly: nn.meta.unbox would add sharding constraints.
-    is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
-    shapes = jax.tree.map(lambda x: x.value if is_box(x) else x, abstract_tree, is_leaf=is_box)
+    shapes = unbox_values(abstract_tree)
 
     def to_sharding(path, spec, leaf):
         if spec is None or not isinstance(spec, P):

@@ -56,7 +56,7 @@ class SyntheticConfig:
     tie_top_prob: float = 0.15  # helpful and terse answers judged equally good
     tie_bottom_prob: float = 0.10  # wrong and irrelevant answers judged equally bad
     video_frames: int = 12
-    video_size: tuple[int, int] = (32, 32)
+    video_size: tuple[int, int] = (32, 64)
     task_weights: tuple[tuple[str, float], ...] = (
         ("colour", 0.2), ("count", 0.15), ("position", 0.15), ("mcq", 0.1),
         ("describe", 0.15), ("safety", 0.1), ("motion", 0.15))
@@ -70,55 +70,54 @@ def _others(options, value):
     return [o for o in options if o != value]
 
 
+# Object sizes. A tiny random-init VLM learns to read an object that covers a good share of a
+# 32x32 tile within ~100 steps, but barely learns at all from a 10-pixel shape (the answer token
+# must then single out one image token among ~50), so objects are large: one per scene, or a row
+# of up to three in a wide image for counting.
+BIG = 11  # half-size of a single object (~22 px)
+ROW = 9  # half-size of each object in a counting row (~18 px, one per third of a 64 px width)
+WIDE = (32, 64)  # (height, width) of scenes with a left/right or row layout
+
+
 def _scene(task: str, rng: np.random.Generator, size, cfg: SyntheticConfig):
     """(Texts, media) for one task; media is uint8[H, W, 3] or uint8[F, H, W, 3] (video)."""
     colours, irr = tuple(COLOURS), _pick(rng, T.IRRELEVANT)
-    h, w = size
-    if task == "colour":
-        s, c = _pick(rng, SHAPES), _pick(rng, colours)
-        shapes = [(s, c)] + [(_pick(rng, _others(SHAPES, s)), _pick(rng, _others(colours, c)))] * int(rng.integers(2))
-        pts = place(rng, len(shapes), size)
-        return T.colour_texts(s, c, _pick(rng, _others(colours, c)), irr), draw(
-            [Shape(k, col, *p) for (k, col), p in zip(shapes, pts)], size)
-    if task == "count":
-        s, n = _pick(rng, SHAPES), int(rng.integers(1, 4))
-        kinds = [s] * n + ([_pick(rng, _others(SHAPES, s))] if n < 3 and rng.random() < 0.5 else [])
-        pts = place(rng, len(kinds), size)
-        word = T.NUMBER_WORDS[n - 1]
-        return T.count_texts(s, word, _pick(rng, _others(T.NUMBER_WORDS, word)), irr), draw(
-            [Shape(k, _pick(rng, colours), *p) for k, p in zip(kinds, pts)], size)
+    s, c = _pick(rng, SHAPES), _pick(rng, colours)
+    if task in ("colour", "mcq", "safety"):
+        (p,) = place(rng, 1, size, r=BIG)
+        image = draw([Shape(s, c, *p, r=BIG)], size)
+        if task == "colour":
+            return T.colour_texts(s, c, _pick(rng, _others(colours, c)), irr), image
+        if task == "mcq":  # which shape has this colour: needs the silhouette
+            return T.mcq_texts(c, s, _pick(rng, _others(SHAPES, s)), irr), image
+        return T.safety_texts(s, int(rng.integers(len(T.SAFETY_REQUESTS)))), image
+    h, w = WIDE
     if task == "position":
-        s, side = _pick(rng, SHAPES), _pick(rng, T.SIDES)
-        x_range = (RADIUS + 1, w / 3) if side == "left" else (2 * w / 3, w - RADIUS - 1)
-        (p,) = place(rng, 1, size, x_range=x_range)
-        return T.position_texts(s, side, irr), draw([Shape(s, _pick(rng, colours), *p)], size)
-    if task == "mcq":
-        kinds = list(rng.permutation(SHAPES))
-        cols = list(rng.permutation(colours))[:3]
-        pts = place(rng, 3, size)
-        target = int(rng.integers(3))
-        s, c = str(kinds[target]), str(cols[target])
-        return T.mcq_texts(c, s, _pick(rng, _others(SHAPES, s)), irr), draw(
-            [Shape(str(k), str(col), *p) for k, col, p in zip(kinds, cols, pts)], size)
-    if task == "describe":
+        side = _pick(rng, T.SIDES)
+        x_range = (BIG + 1, w / 2 - BIG) if side == "left" else (w / 2 + BIG, w - BIG - 1)
+        (p,) = place(rng, 1, WIDE, x_range=x_range, r=BIG)
+        return T.position_texts(s, side, irr), draw([Shape(s, c, *p, r=BIG)], WIDE)
+    if task == "count":
+        n = int(rng.integers(1, 4))
+        slots = sorted(rng.choice(3, size=n, replace=False).tolist())
+        shapes = [Shape(s, _pick(rng, colours), float(rng.uniform(ROW + 1, h - ROW - 1)), w * (2 * k + 1) / 6, r=ROW)
+                  for k in slots]
+        word = T.NUMBER_WORDS[n - 1]
+        return T.count_texts(s, word, _pick(rng, _others(T.NUMBER_WORDS, word)), irr), draw(shapes, WIDE)
+    if task == "describe":  # one object in each half
         s1, s2 = (str(k) for k in rng.permutation(SHAPES)[:2])
-        c1, c2 = (str(c) for c in rng.permutation(colours)[:2])
-        (p1,) = place(rng, 1, size, x_range=(RADIUS + 1, w / 2 - RADIUS - 1))
-        (p2,) = place(rng, 1, size, x_range=(w / 2 + RADIUS + 1, w - RADIUS - 1), fixed=(p1,))
-        return T.describe_texts(c1, s1, c2, s2, _pick(rng, _others(colours, c1)), irr), draw(
-            [Shape(s1, c1, *p1), Shape(s2, c2, *p2)], size)
-    if task == "safety":
-        s = _pick(rng, SHAPES)
-        (p,) = place(rng, 1, size)
-        return T.safety_texts(s, int(rng.integers(len(T.SAFETY_REQUESTS)))), draw(
-            [Shape(s, _pick(rng, colours), *p)], size)
+        c1, c2 = (str(k) for k in rng.permutation(colours)[:2])
+        y1, y2 = (float(rng.uniform(BIG + 1, h - BIG - 1)) for _ in range(2))
+        image = draw([Shape(s1, c1, y1, w / 4, r=BIG), Shape(s2, c2, y2, 3 * w / 4, r=BIG)], WIDE)
+        return T.describe_texts(c1, s1, c2, s2, _pick(rng, _others(colours, c1)), irr), image
     if task == "motion":
-        s, c, direction = _pick(rng, SHAPES), _pick(rng, colours), _pick(rng, T.SIDES)
+        direction = _pick(rng, T.SIDES)
         vh, vw = cfg.video_size
-        xs = np.linspace(RADIUS + 2, vw - RADIUS - 2, cfg.video_frames)
+        r = min(BIG, vh // 2 - 1)
+        xs = np.linspace(r + 1, vw - r - 1, cfg.video_frames)
         xs = xs if direction == "right" else xs[::-1]
-        cy = float(rng.uniform(RADIUS + 1, vh - RADIUS - 1))
-        frames = np.stack([draw([Shape(s, c, cy, float(x))], cfg.video_size) for x in xs])
+        cy = float(rng.uniform(r + 1, vh - r - 1))
+        frames = np.stack([draw([Shape(s, c, cy, float(x), r=r)], cfg.video_size) for x in xs])
         return T.motion_texts(s, direction, irr), frames
     raise ValueError(f"unknown synthetic task {task!r}; known: {sorted(TASK_CATEGORY)}")
 

@@ -38,6 +38,15 @@ def checkpoint_identity(path: str) -> dict:
     return {"path": os.path.abspath(path), "files": files}
 
 
+def file_digest(path: str) -> str:
+    """Content hash of one file (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:20]
+
+
 def example_keys(batch: dict) -> list[str]:
     """One content hash per example of a numpy batch (leading axis = examples)."""
     n = batch["input_ids"].shape[0]

@@ -1,0 +1,280 @@
+"""DPO training throughput on CPU: this project's jitted DPO step against TRL's DPOTrainer.
+
+  python bench/dpo_vs_trl.py [--steps 8 --warmup 2 --rounds 2 --threads 2]
+
+Both sides train the same tiny Qwen2-architecture policy (hidden 256, 4 layers,
+4 query / 2 KV heads, MLP 1024, vocab 8192, f32) from the same initial weights on
+the same pairs (random token ids: a 256-token prompt, then a 256-token chosen and
+a 256-token rejected response ending in EOS, so every sequence is 512 tokens),
+batch 8 pairs (16 sequences, 8192 tokens per step), sigmoid DPO (beta 0.1), AdamW
+(lr 1e-4 constant, no weight decay), global-norm clip 1.0, no activation
+checkpointing, reference log-probs precomputed once (the cached-reference setup
+this project's MM-DPO run uses; TRL: precompute_ref_log_probs=True).
+
+- ours: `train.dpo_step.dpo_train_step` jitted with the state donated, as
+  `train/mm_dpo.py` does (chosen and rejected in one [16, 512] forward, hidden
+  states -> `kernels.token_logprobs`, no [B, T, V] logits).
+- TRL: `DPOTrainer` on a transformers `Qwen2ForCausalLM` (sdpa attention), sequential
+  sampler, logging every step; the step time is on_step_begin -> on_step_end.
+
+Each side runs in its own subprocess (so neither framework's thread pools disturb
+the other), `--rounds` times, alternating; the first `--warmup` steps of each run
+are compile / warm-up and are not timed. The figure is the median over all timed
+steps of all rounds. The per-step losses of the two sides are compared (same
+weights, data, optimizer: they must agree), so the two do the same work.
+Prints one JSON object.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+VOCAB, HIDDEN, LAYERS, HEADS, KV_HEADS, MLP = 8192, 256, 4, 4, 2, 1024
+PAD, EOS, BOS, UNK = 0, 1, 2, 3
+SPECIALS = ("<pad>", "<eos>", "<bos>", "<unk>")
+
+
+def make_pairs(n: int, prompt_len: int, response_len: int, seed: int = 0) -> dict:
+    """int32 prompt [n, P], chosen / rejected [n, R] (last token EOS); ids of ordinary words only."""
+    rng = np.random.default_rng(seed)
+    words = lambda *shape: rng.integers(len(SPECIALS), VOCAB, shape).astype(np.int32)  # noqa: E731
+    chosen, rejected = words(n, response_len), words(n, response_len)
+    chosen[:, -1] = rejected[:, -1] = EOS
+    return {"prompt": words(n, prompt_len), "chosen": chosen, "rejected": rejected}
+
+
+def _step_times(times, warmup):
+    return [round(t, 4) for t in times[warmup:]]
+
+
+# --------------------------------------------------------------------------- TRL side
+
+
+def run_trl(a, workdir: str) -> dict:
+    import torch
+
+    torch.set_num_threads(a.threads)
+    import datasets
+    import tokenizers
+    import transformers
+    import trl
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM, TrainerCallback
+
+    torch.manual_seed(0)
+    # Word-level tokenizer: word "w<i>" is id i, so token ids are exactly the generated ones.
+    vocab = {t: i for i, t in enumerate(SPECIALS)}
+    vocab.update({f"w{i}": i for i in range(len(SPECIALS), VOCAB)})
+    tk = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
+                                  unk_token="<unk>")
+    cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=MLP, num_hidden_layers=LAYERS,
+                      num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=2 * a.seq,
+                      tie_word_embeddings=False, pad_token_id=PAD, eos_token_id=EOS, bos_token_id=BOS)
+    policy = Qwen2ForCausalLM(cfg).float()
+    init_dir = os.path.join(workdir, "init")
+    if not os.path.exists(os.path.join(init_dir, "config.json")):
+        policy.save_pretrained(init_dir)  # the JAX side starts from these weights
+    else:
+        policy = Qwen2ForCausalLM.from_pretrained(init_dir, local_files_only=True).float()
+
+    n = a.batch * (a.warmup + a.steps)
+    pairs = make_pairs(n, a.prompt_len, a.seq - a.prompt_len)
+    text = lambda ids: " ".join(f"w{i}" for i in ids)  # noqa: E731
+    ds = datasets.Dataset.from_dict({
+        "prompt": [text(p) for p in pairs["prompt"]],
+        # chosen/rejected end in "<eos>" already, so TRL adds no second EOS.
+        "chosen": [" " + " ".join(f"w{i}" for i in c[:-1]) + " <eos>" for c in pairs["chosen"]],
+        "rejected": [" " + " ".join(f"w{i}" for i in r[:-1]) + " <eos>" for r in pairs["rejected"]],
+    })
+    args = trl.DPOConfig(
+        output_dir=os.path.join(workdir, "trl_out"), per_device_train_batch_size=a.batch,
+        max_steps=a.warmup + a.steps, learning_rate=a.lr, lr_scheduler_type="constant", warmup_steps=0,
+        weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, max_grad_norm=1.0,
+        beta=a.beta, loss_type=["sigmoid"], max_length=a.seq, precompute_ref_log_probs=True,
+        gradient_checkpointing=False, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
+        bf16=False, fp16=False, dataloader_num_workers=0, seed=0, disable_dropout=True,
+        train_sampling_strategy="sequential", disable_tqdm=True)
+
+    expected = np.concatenate([
+        np.concatenate([pairs["prompt"], pairs["chosen"]], 1),
+        np.concatenate([pairs["prompt"], pairs["rejected"]], 1)])
+    seen = []
+
+    class Trainer(trl.DPOTrainer):
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            seen.append(inputs["input_ids"].numpy().copy())
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+    class Timer(TrainerCallback):
+        def __init__(self):
+            self.times, self.losses, self.t0 = [], [], None
+
+        def on_step_begin(self, *_, **__):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *_, **__):
+            self.times.append(time.perf_counter() - self.t0)
+
+        def on_log(self, _args, _state, _control, logs=None, **__):
+            if logs and "loss" in logs:
+                self.losses.append(float(logs["loss"]))
+
+    timer = Timer()
+    t_init = time.perf_counter()
+    trainer = Trainer(model=policy, ref_model=None, args=args, train_dataset=ds, processing_class=tok,
+                      callbacks=[timer])
+    t_init = time.perf_counter() - t_init
+    trainer.train()
+    # The collated batches are exactly our token ids ([chosen; rejected] halves, no padding).
+    for i, got in enumerate(seen):
+        rows = np.r_[i * a.batch:(i + 1) * a.batch, n + i * a.batch:n + (i + 1) * a.batch]
+        if got.shape != (2 * a.batch, a.seq) or not np.array_equal(got, expected[rows]):
+            raise AssertionError(f"TRL step {i}: batch input_ids {got.shape} differ from the generated pairs")
+    return {"step_s": _step_times(timer.times, a.warmup), "losses": timer.losses,
+            "init_and_ref_precompute_s": round(t_init, 2), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
+            "attn_implementation": policy.config._attn_implementation, "optim": str(args.optim)}
+
+
+# --------------------------------------------------------------------------- JAX side
+
+
+def run_jax(a, workdir: str) -> dict:
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+    import ml_collections
+    import optax
+
+    from mm_rlhf_jax.models import hf
+    from mm_rlhf_jax.train import dpo_step, partition
+    from mm_rlhf_jax.train import state as state_lib
+
+    module, params = hf.load_pretrained(os.path.join(workdir, "init"), jnp.float32,
+                                        attention_impl=a.attention_impl, remat=a.remat)
+    n = a.batch * (a.warmup + a.steps)
+    pairs = make_pairs(n, a.prompt_len, a.seq - a.prompt_len)
+    ids = np.stack([np.concatenate([pairs["prompt"], pairs["chosen"]], 1),
+                    np.concatenate([pairs["prompt"], pairs["rejected"]], 1)], axis=1)  # [n, 2, T]
+    loss_mask = np.zeros(ids.shape, np.int32)
+    loss_mask[..., a.prompt_len:] = 1  # token t is scored from position t - 1
+    batches = [{"input_ids": jnp.asarray(ids[i:i + a.batch]),
+                "attention_mask": jnp.ones((a.batch, 2, a.seq), jnp.int32),
+                "loss_mask": jnp.asarray(loss_mask[i:i + a.batch])} for i in range(0, n, a.batch)]
+
+    logps_fn = jax.jit(functools.partial(dpo_step.policy_logps_step, module=module))
+    for b in batches:  # reference = the initial policy, cached once (as train/mm_dpo.py)
+        b["ref_logps"] = logps_fn(params, b)
+    c = ml_collections.ConfigDict(dict(loss_type="sigmoid", beta=a.beta, beta_mode="constant", w=0.0, k=0.0,
+                                       alpha=1.0, gamma=0.0, label_smoothing=0.0))
+    tx = optax.chain(optax.clip_by_global_norm(1.0),
+                     optax.adamw(a.lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0))
+    mask = jax.tree.map(lambda _: True, params)
+    trainable, _ = partition.split(params, mask)
+    state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(trainable),
+                                 rng=jax.random.PRNGKey(0))
+    step = jax.jit(functools.partial(dpo_step.dpo_train_step, module=module, tx=tx, mask=mask, c=c),
+                   donate_argnames=("state",))
+    times, losses = [], []
+    for b in batches:
+        t0 = time.perf_counter()
+        state, metrics = step(state, b)
+        loss = float(jax.block_until_ready(metrics["dpo/loss"]))
+        times.append(time.perf_counter() - t0)
+        losses.append(loss)
+    return {"step_s": _step_times(times, a.warmup), "compile_and_first_step_s": round(times[0], 2),
+            "losses": losses, "jax": jax.__version__, "backend": jax.default_backend(),
+            "devices": jax.device_count(), "attention_impl": a.attention_impl, "remat": a.remat}
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def _worker(a, side: str, workdir: str) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false", TQDM_DISABLE="1",
+               OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
+    # One real CPU device (a test environment's 8 fake devices would split the cores).
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                                if "xla_force_host_platform_device_count" not in f)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    out = os.path.join(workdir, f"{side}.json")
+    cmd = [sys.executable, os.path.abspath(__file__), "--side", side, "--workdir", workdir, "--result", out]
+    cmd += [f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items() if k not in ("side", "workdir", "result")]
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL if not a.verbose else None,
+                   stderr=subprocess.DEVNULL if not a.verbose else None)
+    with open(out) as f:
+        return json.load(f)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=8, help="timed steps per run")
+    p.add_argument("--warmup", type=int, default=2, help="untimed first steps per run (compile, warm-up)")
+    p.add_argument("--rounds", type=int, default=2, help="alternating runs of each side")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--batch", type=int, default=8, help="pairs per step")
+    p.add_argument("--seq", type=int, default=512)
+    p.add_argument("--prompt-len", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--attention-impl", default="auto", help="ours: kernels.attention impl")
+    p.add_argument("--remat", default="none", help="ours: none | full | dots")
+    p.add_argument("--only", choices=("both", "jax", "trl"), default="both")
+    p.add_argument("--verbose", type=int, default=0)
+    p.add_argument("--side", choices=("jax", "trl"), help=argparse.SUPPRESS)
+    p.add_argument("--workdir", help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.side:  # subprocess worker
+        result = (run_trl if a.side == "trl" else run_jax)(a, a.workdir)
+        with open(a.result, "w") as f:
+            json.dump(result, f)
+        return
+
+    t_start = time.time()
+    with tempfile.TemporaryDirectory() as workdir:
+        runs = {"trl": [], "jax": []}
+        for _ in range(a.rounds):
+            # TRL first in every round: its first run writes the initial weights both sides load.
+            for side in ("trl", "jax"):
+                if a.only in ("both", side) or (side == "trl" and not runs["trl"]):
+                    runs[side].append(_worker(a, side, workdir))
+    tokens = a.batch * 2 * a.seq
+    out = {"settings": {"hidden": HIDDEN, "layers": LAYERS, "heads": HEADS, "kv_heads": KV_HEADS,
+                        "intermediate": MLP, "vocab": VOCAB, "seq": a.seq, "prompt_len": a.prompt_len,
+                        "batch_pairs": a.batch, "tokens_per_step": tokens, "dtype": "float32",
+                        "timed_steps_per_run": a.steps, "warmup_steps": a.warmup, "rounds": a.rounds,
+                        "threads": a.threads, "lr": a.lr, "beta": a.beta},
+           "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                       "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]}}
+    for side, rs in runs.items():
+        if not rs or (a.only not in ("both", side)):
+            continue
+        steps = [t for r in rs for t in r["step_s"]]
+        med = statistics.median(steps)
+        out[side] = {"step_s_median": round(med, 4), "tokens_per_s": round(tokens / med, 1),
+                     "step_s_min": min(steps), "step_s_per_run": [r["step_s"] for r in rs],
+                     **{k: v for k, v in rs[0].items() if k not in ("step_s", "losses")},
+                     "losses_first_run": [round(x, 6) for x in rs[0]["losses"]]}
+    if "jax" in out and "trl" in out:
+        out["ratio_ours_over_trl"] = round(out["jax"]["tokens_per_s"] / out["trl"]["tokens_per_s"], 3)
+        lj, lt = runs["jax"][0]["losses"], runs["trl"][0]["losses"]
+        out["max_abs_loss_diff"] = float(np.max(np.abs(np.asarray(lj) - np.asarray(lt))))
+    out["wall_s"] = round(time.time() - t_start, 1)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

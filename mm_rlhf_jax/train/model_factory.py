@@ -1,0 +1,98 @@
+"""Model + parameters from the config's `model` block: a local HF checkpoint or a tiny random init.
+
+    init_from = "/ckpt/llava-onevision-qwen2-7b-ov-hf"   -> models.hf.load_pretrained (streamed, sharded)
+    init_from = ""                                       -> the `tiny` architecture, random init (seeded)
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jax.sharding import Mesh
+
+from mm_rlhf_jax.models import hf
+from mm_rlhf_jax.models.config import DecoderConfig
+from mm_rlhf_jax.models.siglip import SiglipConfig
+from mm_rlhf_jax.models.vlm import LlavaOnevisionConfig
+from mm_rlhf_jax.registry import Registry
+from mm_rlhf_jax.train import reference_cache
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+# Named trainable-parameter sets (regexes over "/"-joined parameter paths).
+TRAINABLE: Registry[tuple[str, ...]] = Registry("trainable parameter set")
+TRAINABLE.register("all")((".*",))
+# MM-RLHF trains the projector and the LLM with the vision tower frozen
+# (mm_tunable_parts=mm_mlp_adapter,mm_language_model).
+TRAINABLE.register("projector_and_llm")(("multi_modal_projector/.*", "image_newline", "language_model/.*"))
+TRAINABLE.register("projector")(("multi_modal_projector/.*", "image_newline"))
+TRAINABLE.register("llm")(("language_model/.*",))
+
+
+def dtype(name: str):
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; use {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def _numerics(c: ml_collections.ConfigDict) -> dict:
+    return dict(dtype=dtype(c.dtype), param_dtype=dtype(c.param_dtype), remat=c.remat, attention_impl=c.attention_impl)
+
+
+def tiny_config(c: ml_collections.ConfigDict):
+    """DecoderConfig (text-only) or LlavaOnevisionConfig from the `model.tiny` block."""
+    t = c.tiny
+    text = DecoderConfig(
+        vocab_size=t.vocab_size, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
+        num_layers=t.num_layers, num_heads=t.num_heads, num_kv_heads=t.num_kv_heads, architecture="qwen2",
+        qkv_bias=True, rope_theta=t.rope_theta, max_position_embeddings=t.max_position_embeddings,
+        scan_layers=c.scan_layers, **_numerics(c))
+    if not t.multimodal:
+        return text
+    vision = SiglipConfig(
+        hidden_size=t.vision_hidden_size, intermediate_size=t.vision_intermediate_size,
+        num_layers=t.vision_num_layers, num_heads=t.vision_num_heads, image_size=t.image_size,
+        patch_size=t.patch_size, **_numerics(c))
+    pinpoints = tuple((t.image_size * a, t.image_size * b) for a in (1, 2) for b in (1, 2))
+    return LlavaOnevisionConfig(text=text, vision=vision, image_token_id=t.image_token_id,
+                                video_token_id=t.video_token_id, image_grid_pinpoints=pinpoints)
+
+
+def build(c: ml_collections.ConfigDict, seed: int):
+    """(module, reference identity dict) from the `model` block; no parameters are created."""
+    if c.init_from:
+        overrides = dict(remat=c.remat, scan_layers=c.scan_layers, attention_impl=c.attention_impl)
+        config = hf.load_config(c.init_from, dtype(c.dtype), param_dtype=dtype(c.param_dtype), **overrides)
+        identity = {"checkpoint": reference_cache.checkpoint_identity(c.init_from), "dtype": c.dtype}
+        return hf.build_model(config), identity
+    return hf.build_model(tiny_config(c)), {"tiny": c.tiny.to_dict(), "seed": seed, "dtype": c.dtype}
+
+
+def initial_params(c: ml_collections.ConfigDict, module, mesh: Mesh, rules, seed: int):
+    """The starting parameters, sharded on mesh: streamed from init_from, or a seeded random init."""
+    if c.init_from:
+        overrides = dict(remat=c.remat, scan_layers=c.scan_layers, attention_impl=c.attention_impl)
+        loaded, params = hf.load_pretrained(c.init_from, dtype(c.dtype), param_dtype=dtype(c.param_dtype),
+                                            mesh=mesh, rules=rules, **overrides)
+        assert loaded.config == module.config
+        return params
+    return hf.init_params(module, jax.random.PRNGKey(seed), mesh, rules)
+
+
+def model_block(**tiny_overrides) -> ml_collections.ConfigDict:
+    """The default `model` config block (tiny LLaVA-OV-shaped VLM unless init_from is set)."""
+    tiny = dict(
+        multimodal=True, vocab_size=512, hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4,
+        num_kv_heads=2, rope_theta=10000.0, max_position_embeddings=1024, vision_hidden_size=64,
+        vision_intermediate_size=128, vision_num_layers=2, vision_num_heads=4, image_size=32, patch_size=8,
+        image_token_id=5, video_token_id=6)
+    tiny.update(tiny_overrides)
+    return ml_collections.ConfigDict(dict(
+        init_from="",  # local transformers checkpoint folder; "" = random init of `tiny`
+        dtype="float32",  # compute dtype (bfloat16 on accelerators)
+        param_dtype="float32",  # storage dtype
+        remat="none",  # none | full | dots
+        scan_layers=False,
+        attention_impl="auto",  # auto | pallas | xla | reference
+        trainable="all",  # a TRAINABLE name
+        tiny=tiny,
+    ))

@@ -1,0 +1,134 @@
+"""Supervised warm start on the best-ranked responses of a pair file (multimodal SFT).
+
+MM-RLHF starts MM-DPO and the reward model from an instruction-tuned VLM
+(LLaVA-OV-7B), never from random weights. The `tiny` presets have no such
+checkpoint, so they first fit the top-ranked answer of every training query:
+that teaches the tiny vision tower to read the images, and the warm-started
+model then serves as both the initial policy and the DPO reference, as the SFT
+model does in the paper. Paper-scale presets set `warm_start.steps = 0`.
+
+The run lives in `<workdir>/warm_start` with its own orbax checkpoints, so a
+re-run restores a finished warm start instead of retraining it.
+
+    params = run_warm_start(directory, config, module, params, source, encoder_cfg, mesh, rules)
+
+Loss: token-mean NLL over the response tokens of the best responses (the
+chosen sequence only: the pair axis is cut to its first entry, so the
+rejected sequence is never run).
+"""
+
+import collections
+import functools
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mm_rlhf_jax.data import pipeline
+from mm_rlhf_jax.data.sources import RecordPairSource
+from mm_rlhf_jax.models import hf
+from mm_rlhf_jax.sharding import replicated, unbox_values
+from mm_rlhf_jax.train import (checkpoint, data_setup, forward, loop, metrics as metrics_lib, model_factory, partition,
+                               reference_cache)
+from mm_rlhf_jax.train import state as state_lib
+from mm_rlhf_jax.train.optim import make_optimizer
+
+# Batch keys with the pair axis (see data.batch); the warm start keeps index 0 (chosen).
+PAIR_KEYS = ("input_ids", "attention_mask", "loss_mask")
+
+
+def warm_start_block(**overrides) -> ml_collections.ConfigDict:
+    d = dict(
+        steps=0,  # 0 = start from model.init_from / the random init directly
+        lr=2e-3,
+        warmup_ratio=0.05,
+        b2=0.98,  # Adam b2: 0.999 adapts too slowly for a few hundred steps
+        batch_size=0,  # 0 = data.batch_size
+    )
+    d.update(overrides)
+    return ml_collections.ConfigDict(d)
+
+
+def best_responses(source) -> RecordPairSource:
+    """One element per (query, top-ranked response): pairs whose chosen is never rejected for that query.
+
+    Tied best responses (both rank 0) are both kept; their tie pair is absent
+    from DPO data, so neither appears as a rejected response.
+    """
+    records = source.records
+    rejected = collections.defaultdict(set)
+    for r in records:
+        rejected[r.id].add(r.rejected)
+    seen, keep = set(), []
+    for r in records:
+        if r.chosen in rejected[r.id] or (r.id, r.chosen) in seen:
+            continue
+        seen.add((r.id, r.chosen))
+        keep.append(r)
+    if not keep:
+        raise ValueError(f"{source!r}: no best-ranked responses found (every chosen is also rejected somewhere)")
+    return RecordPairSource(keep, source.media_root)
+
+
+def sft_terms(module, params, batch):
+    """(loss, metrics): token-mean NLL of the chosen responses."""
+    chosen = {k: (v[:, :1] if k in PAIR_KEYS else v) for k, v in batch.items()}
+    logps, counts = forward.pair_logps(module, params, chosen)
+    loss = -jnp.sum(logps) / jnp.maximum(jnp.sum(counts), 1.0)
+    return loss, {"train/loss": loss, "sft/tokens": jnp.sum(counts)}
+
+
+def sft_step(state, batch, *, module, tx, mask):
+    (_, metrics), grads = state_lib.grad_of_trainable(lambda p, b: sft_terms(module, p, b), state.params, mask,
+                                                      batch)
+    state, opt_metrics = state_lib.apply_gradients(state, grads, tx, mask)
+    return state, {**metrics, **opt_metrics}
+
+
+def run_warm_start(directory: str, config: ml_collections.ConfigDict, module, params, source, encoder_cfg,
+                   mesh, rules):
+    """Trains params for config.warm_start.steps on source's best responses; returns the new params."""
+    c = config.warm_start
+    from mm_rlhf_jax.train.config_lib import optim_block
+
+    tx = make_optimizer(optim_block(name="adam", lr=c.lr, warmup_ratio=c.warmup_ratio, final_lr_ratio=0.05,
+                                    b2=c.b2, grad_clip=config.optim.grad_clip), c.steps)
+    abstract = hf.abstract_params(module)
+    mask = partition.trainable_mask(unbox_values(abstract), model_factory.TRAINABLE.get(config.model.trainable))
+    shardings = state_lib.state_shardings(abstract, mesh, rules, tx, mask)
+    best = best_responses(source)
+    batch_size = data_setup.per_host_batch(c.batch_size or config.data.batch_size, mesh)
+    data_iter = pipeline.make_iterator(best, encoder_cfg, pipeline.PipelineConfig(
+        batch_size=batch_size, seed=config.data.seed + 1, num_epochs=None, num_workers=config.data.num_workers))
+    ckpt = checkpoint.Checkpointer(os.path.join(directory, "checkpoints"), max_to_keep=1)
+    abstract_state = jax.eval_shape(
+        lambda p: state_lib.create_state(p, tx, mask, jax.random.PRNGKey(0), shardings), unbox_values(abstract))
+    state = loop.restore_if_any(ckpt, checkpoint.abstract_like(abstract_state, shardings), data_iter)
+    if state is None:
+        logging.info("warm start: %d best responses, %d steps -> %s", len(best), c.steps, directory)
+        state = state_lib.create_state(params, tx, mask, jax.random.PRNGKey(config.seed + 2), shardings)
+    del params
+    step = jax.jit(functools.partial(sft_step, module=module, tx=tx, mask=mask),
+                   out_shardings=(shardings, replicated(mesh)), donate_argnames=("state",))
+    writer = metrics_lib.MetricWriter(directory)
+    state, _ = loop.run_loop(
+        state=state, step_fn=step, data_iter=data_iter, put_batch=lambda b: data_setup.put_batch(b, mesh),
+        total_steps=c.steps, checkpointer=ckpt, writer=writer, log_every=config.train.log_every,
+        checkpoint_every=max(c.steps // 4, 1))
+    writer.close()
+    ckpt.close()
+    return state.params
+
+
+def identity(config: ml_collections.ConfigDict, train_file: str) -> dict:
+    """What the warm start adds to the reference identity (the reference cache key).
+
+    The warm-started weights depend on the training pairs, so their file's
+    content hash is part of the key.
+    """
+    if not config.warm_start.steps:
+        return {}
+    return {"warm_start": config.warm_start.to_dict(), "data_seed": config.data.seed,
+            "trainable": config.model.trainable, "train_pairs": reference_cache.file_digest(train_file)}

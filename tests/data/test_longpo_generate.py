@@ -1,0 +1,167 @@
+"""LongPO pair generation: stages, filters, grouping, resume after a crash; the sampler-backed generator."""
+
+import json
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mm_rlhf_jax.data.longpo import prompts
+from mm_rlhf_jax.data.longpo.generate import GenerationConfig, generate_samples, load_samples
+from mm_rlhf_jax.data.longpo.textgen import Generation, SamplerTextGenerator, bucket_length, render_prompt
+from mm_rlhf_jax.data.tokenizer import load_tokenizer
+from mm_rlhf_jax.models import hf
+from mm_rlhf_jax.models.config import DecoderConfig
+from mm_rlhf_jax.rollout.strategies import SamplingConfig
+from mm_rlhf_jax.testing import longdoc_task
+
+# A fact in every passage (8 distinct names per document), so every chunk can be asked about.
+TASK = longdoc_task.TaskConfig(passages_per_doc=8, facts_per_doc=8, needle_span=1.0, min_filler=1, max_filler=2)
+
+
+class FakeModel:
+    """A deterministic stand-in for the model: answers from the text it is shown.
+
+    Self-instruct: asks about the first name of the chunk (no question for chunks whose first
+    name is in NO_QUESTION). Short answers are right (refusal for names in REFUSE_SHORT). Long
+    answers: the fact of the *first* passage of the document (wrong unless the question is
+    about it), a refusal for names in REFUSE_LONG, a repetition for names in REPEAT_LONG.
+    """
+
+    NO_QUESTION, REFUSE_SHORT, REFUSE_LONG, REPEAT_LONG = (
+        {n for i, n in enumerate(longdoc_task.NAMES) if i % 8 == k} for k in range(4))
+
+    def __init__(self, batch_size, crash_after=None):
+        self.batch_size, self.crash_after, self.calls, self.items = batch_size, crash_after, 0, 0
+
+    def __call__(self, conversations, seed):
+        if self.crash_after is not None and self.calls >= self.crash_after:
+            raise RuntimeError("simulated crash")
+        self.calls += 1
+        self.items += len(conversations)
+        return [Generation(self.reply(c[-1]["content"]), False, 5) for c in conversations]
+
+    def reply(self, content):
+        facts = re.findall(r"The code list has (\w+) (\w+) \.", content)
+        if content.startswith("Context:"):
+            name = facts[0][0]
+            return "" if name in self.NO_QUESTION else f"What is the code of {name} ?"
+        name = re.search(r"What is the code of (\w+) \?$", content).group(1)
+        long = len(facts) == TASK.passages_per_doc
+        if name in (self.REFUSE_LONG if long else self.REFUSE_SHORT):
+            return longdoc_task.REFUSAL
+        if long and name in self.REPEAT_LONG:
+            return "code code code code code"
+        value = facts[0][1] if long else dict(facts)[name]
+        return longdoc_task.ANSWER.format(name=name, value=value)
+
+
+def _setup(tmp_path):
+    tok = load_tokenizer(longdoc_task.build_tokenizer(str(tmp_path / "tok"), prompts.PHRASES))
+    docs = [{"id": d.doc_id, "text": d.text} for d in longdoc_task.make_documents(5, 12, TASK)]
+    count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
+    cfg = GenerationConfig(max_chunk_tokens=60, min_chunk_tokens=10, max_chunks_per_doc=3, turns_per_doc=2,
+                           min_doc_tokens=0, max_doc_tokens=10_000, query_prompt=longdoc_task.SELF_INSTRUCT_PROMPT,
+                           numbered_questions=False, num_questions=0, seed=1)
+    return docs, count, cfg
+
+
+def _generate(out_dir, docs, count, cfg, model):
+    return generate_samples(docs, str(out_dir), count_tokens=count, question_generator=model,
+                            answer_generator=model, cfg=cfg, progress=False)
+
+
+def test_generation_filters_groups_and_resumes_identically(tmp_path):
+    docs, count, cfg = _setup(tmp_path)
+    full_model = FakeModel(batch_size=4)
+    samples, stats = _generate(tmp_path / "full", docs, count, cfg, full_model)
+
+    # Stage accounting: every chunk is asked; NO_QUESTION chunks yield no question; refused / repetitive
+    # answers are dropped with their reason; each document keeps <= turns_per_doc turns.
+    assert stats["documents_in_length_range"] == 12 and stats["chunks"] == 36
+    assert stats["questions"] == 36 - sum(json.loads(line)["question"] is None
+                                          for line in open(tmp_path / "full" / "questions.jsonl"))
+    drops = stats["dropped"]
+    assert set(drops) <= {"chosen_refused", "rejected_refused", "rejected_repetitive", "doc_too_few_turns"}
+    assert drops["chosen_refused"] >= 1 and drops["rejected_refused"] + drops["rejected_repetitive"] >= 1
+    assert stats["samples"] == len(samples) > 0
+    by_id = {d["id"]: d["text"] for d in docs}
+    for s in samples:
+        assert 1 <= len(s["chosens"]) <= 2 and s["prompt"] == by_id[s["doc_id"]]
+        for chunk, q, y_s, y_l in zip(s["short_prompts"], s["questions"], s["chosens"], s["rejecteds"]):
+            name = re.search(r"code of (\w+) \?$", q).group(1)
+            assert chunk in s["prompt"] and any(q.startswith(p + " ") for p in prompts.PHRASES)
+            assert name not in FakeModel.REFUSE_SHORT | FakeModel.REFUSE_LONG | FakeModel.REPEAT_LONG
+            truth = dict(re.findall(r"The code list has (\w+) (\w+) \.", chunk))[name]
+            assert y_s == f"{name} {truth} ." and y_l.startswith(f"{name} ")
+    assert load_samples(str(tmp_path / "full" / "samples.jsonl"))[0]["questions"] == samples[0]["questions"]
+
+    # Crash in the middle of the chosen stage, leave a torn line, resume: same files, no repeated work.
+    crash = FakeModel(batch_size=4, crash_after=12)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _generate(tmp_path / "resumed", docs, count, cfg, crash)
+    with open(tmp_path / "resumed" / "chosen.jsonl", "a") as f:
+        f.write('{"key": "torn')
+    resumed = FakeModel(batch_size=4)
+    samples2, stats2 = _generate(tmp_path / "resumed", docs, count, cfg, resumed)
+    strip = lambda ss: [{k: v for k, v in s.items() if k != "where"} for s in ss]  # "where" names the file
+    assert strip(samples2) == strip(samples) and stats2 == stats
+    assert crash.items + resumed.items == full_model.items
+    for name in ("questions.jsonl", "chosen.jsonl", "rejected.jsonl", "samples.jsonl"):
+        assert (tmp_path / "full" / name).read_text() == (tmp_path / "resumed" / name).read_text(), name
+    # A finished directory is read back without calling the model.
+    idle = FakeModel(batch_size=4, crash_after=0)
+    assert strip(_generate(tmp_path / "resumed", docs, count, cfg, idle)[0]) == strip(samples)
+
+
+def test_load_samples_errors_name_line_and_field(tmp_path):
+    path = tmp_path / "samples.jsonl"
+    good = {"prompt": "doc", "short_prompts": ["c"], "questions": ["q"], "chosens": ["a"], "rejecteds": ["b"]}
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "rejecteds": ["b", "c"]}) + "\n")
+    with pytest.raises(ValueError, match=r"samples.jsonl:2: field 'rejecteds': must be a list of 1 strings"):
+        load_samples(str(path))
+    path.write_text(json.dumps({k: v for k, v in good.items() if k != "chosens"}) + "\n")
+    with pytest.raises(ValueError, match=r"samples.jsonl:1: field 'chosens': missing"):
+        load_samples(str(path))
+
+
+def test_bucket_length():
+    assert [bucket_length(n) for n in (1, 64, 65, 100, 129, 1000, 131072, 131073)] == [
+        64, 64, 128, 128, 192, 1024, 131072, 163840]
+    assert all(bucket_length(n) >= n and bucket_length(n) <= 1.25 * n + 64 for n in range(1, 5000, 37))
+
+
+def test_sampler_generator_matches_naive_greedy(tmp_path):
+    """Batched, bucketed, padded generation == one-prompt-at-a-time greedy decoding on full forwards."""
+    tok = load_tokenizer(longdoc_task.build_tokenizer(str(tmp_path / "tok"), prompts.PHRASES))
+    cfg = DecoderConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                        num_kv_heads=2, architecture="qwen2", qkv_bias=True, dtype=jnp.float32,
+                        param_dtype=jnp.float32)
+    model = hf.build_model(cfg)
+    params = hf.init_params(model, jax.random.PRNGKey(1))
+    docs = longdoc_task.make_documents(0, 3, TASK)
+    convs = [prompts.answer_prompt(d.passages[0], prompts.PHRASES[0], "What is the code of Anna ?") for d in docs]
+    convs[1] = prompts.answer_prompt(docs[1].text, "", "What is the code of Ben ?")  # a longer prompt
+    gen = SamplerTextGenerator(model, params, tok, max_new_tokens=6, sampling=SamplingConfig("greedy"),
+                               batch_size=4, stop_ids=[tok.eos_token_id])
+    outs = gen(convs, seed=0)
+    # Right padding never changes earlier positions of a causal model: one compile for every length.
+    width = max(len(render_prompt(tok, c)) for c in convs) + 6
+    logits_fn = jax.jit(lambda p, ids, at: model.apply({"params": p}, ids).logits[0, at])
+    for conv, out in zip(convs, outs):
+        ids = render_prompt(tok, conv)
+        new = []
+        for _ in range(6):
+            seq = ids + new
+            nxt = int(jnp.argmax(logits_fn(params, jnp.asarray([seq + [0] * (width - len(seq))]), len(seq) - 1)))
+            new.append(nxt)
+            if nxt == tok.eos_token_id:
+                break
+        assert out.num_tokens == len(new)
+        assert out.truncated == (new[-1] != tok.eos_token_id)
+        assert out.text == tok.decode(new, skip_special_tokens=True).strip()
+    with pytest.raises(ValueError, match="5 conversations for a generator of batch_size=4"):
+        gen(convs + convs[:2], seed=0)

@@ -1,0 +1,107 @@
+"""Hybrid reward router: source order, per-domain verifiers, GenRM references, transforms, errors."""
+
+import numpy as np
+import pytest
+
+from mm_rlhf_jax.data.errors import Where
+from mm_rlhf_jax.data.prompts_pool import PromptRecord
+from mm_rlhf_jax.registry import Registry
+from mm_rlhf_jax.rewards import router as router_mod
+from mm_rlhf_jax.rewards.genrm import GenRMScores
+from mm_rlhf_jax.rewards.router import RewardContext, RewardRouter, reward_metrics
+
+
+class FakeGenRM:
+    """Records its calls; scores 0.75 when the response contains the reference, else 0.25."""
+
+    def __init__(self):
+        self.calls = []
+
+    def score(self, prompts, responses, references):
+        self.calls.append((list(prompts), list(responses), list(references)))
+        s = np.array([0.75 if r in y else 0.25 for y, r in zip(responses, references)], np.float32)
+        return GenRMScores(scores=s, valid=np.ones(len(s), bool), outputs=[""] * len(s))
+
+
+def rec(i, domain, **fields):
+    return PromptRecord(id=f"r{i}", prompt=f"prompt {i}", domain=domain, where=Where("pool.jsonl", i), **fields)
+
+
+RECORDS = [
+    rec(1, "math", ground_truth="9"),
+    rec(2, "code", unit_tests="assert f(2) == 4"),
+    rec(3, "general", ground_truth="moo"),
+    rec(4, "general", reference="The answer is woof ."),
+    rec(5, "code", ground_truth="def f(x): return x"),  # code without tests: no verifier -> GenRM with ground truth
+]
+RESPONSES = ["The answer is 9 .", "def f ( x ): return x * 2", "The answer is moo .", "woof woof", "pass"]
+
+
+def test_routes_rewards_and_genrm_arguments():
+    genrm = FakeGenRM()
+    router = RewardRouter(RewardContext(genrm=genrm, num_workers=2))
+    out = router(RECORDS, RESPONSES)
+    assert out.routes == ["verifier", "verifier", "genrm_ground_truth", "genrm_reference", "genrm_ground_truth"]
+    # math: "9" == "9"; code: f(2) = 4 passes in the sandbox; GenRM: the fake's rule.
+    np.testing.assert_allclose(out.rewards, [1.0, 1.0, 0.75, 0.25, 0.25])
+    assert out.valid.all()
+    # One GenRM call per route, each with the original prompts and its reference field.
+    assert genrm.calls[0] == (["prompt 3", "prompt 5"], ["The answer is moo .", "pass"], ["moo", "def f(x): return x"])
+    assert genrm.calls[1] == (["prompt 4"], ["woof woof"], ["The answer is woof ."])
+    wrong = router(RECORDS[:2], ["The answer is 8 .", "def f ( x ): return x + 3"])
+    np.testing.assert_allclose(wrong.rewards, [0.0, 0.0])
+
+
+def test_order_transforms_and_bradley_terry():
+    genrm = FakeGenRM()
+    bt = lambda prompts, responses: np.array([float(len(y)) for y in responses])
+    ctx = RewardContext(genrm=genrm, bradley_terry=bt)
+    # GenRM first: even the math record is judged by the GenRM; BT catches the rest.
+    router = RewardRouter(ctx, order=("genrm_ground_truth", "verifier", "bradley_terry"),
+                          transforms={"genrm_ground_truth": (2.0, -1.0), "bradley_terry": (0.1, 0.0)})
+    out = router(RECORDS, RESPONSES)
+    assert out.routes == ["genrm_ground_truth", "verifier", "genrm_ground_truth", "bradley_terry",
+                          "genrm_ground_truth"]
+    np.testing.assert_allclose(out.rewards, [2 * 0.75 - 1, 1.0, 2 * 0.75 - 1, 0.1 * len("woof woof"),
+                                             2 * 0.25 - 1])
+    assert router.check(RECORDS) == {"genrm_ground_truth": 3, "verifier": 1, "bradley_terry": 1}
+
+
+def test_unroutable_record_and_bad_configs_are_errors():
+    router = RewardRouter(RewardContext())  # no GenRM: only verifiable records route
+    with pytest.raises(ValueError, match=r"record 'r3' \(pool.jsonl:3, domain 'general'\)"):
+        router(RECORDS[2:3], ["moo"])
+    with pytest.raises(ValueError, match="record 'r5'"):
+        router.check([RECORDS[0], RECORDS[4]])
+    with pytest.raises(KeyError, match="unknown reward source 'genrm'"):
+        RewardRouter(RewardContext(), order=("verifier", "genrm"))
+    with pytest.raises(KeyError, match="unknown verifier 'algebra'"):
+        RewardRouter(RewardContext(verifiers={"math": "algebra"}))
+    with pytest.raises(ValueError, match="not in the order"):
+        RewardRouter(RewardContext(), transforms={"bradley_terry": (1.0, 0.0)})
+    with pytest.raises(ValueError, match="2 records but 1 responses"):
+        router(RECORDS[:2], ["x"])
+
+
+def test_verifier_calls_are_cached(monkeypatch):
+    calls = []
+    fake = Registry("verifier")
+    fake.register("math")(lambda y, ref: calls.append((y, ref)) or float(y == ref))
+    monkeypatch.setattr(router_mod, "VERIFIERS", fake)
+    router = RewardRouter(RewardContext(verifiers={"math": "math"}, num_workers=1), order=("verifier",))
+    recs = [rec(i, "math", ground_truth="3") for i in range(4)]
+    out = router(recs, ["3", "4", "3", "3"])
+    np.testing.assert_allclose(out.rewards, [1, 0, 1, 1])
+    assert sorted(calls) == [("3", "3"), ("4", "3")]  # repeated (response, reference) pairs run once
+
+
+def test_reward_metrics_by_domain_and_route():
+    router = RewardRouter(RewardContext(genrm=FakeGenRM(), num_workers=1))
+    batch = router(RECORDS, RESPONSES)
+    m = reward_metrics(batch, RECORDS)
+    assert m["reward/mean"] == pytest.approx(np.mean([1.0, 1.0, 0.75, 0.25, 0.25]))
+    assert m["reward/domain/general"] == pytest.approx(0.5)
+    assert m["reward/domain/code"] == pytest.approx(0.625)
+    assert m["reward/route/verifier"] == pytest.approx(1.0)
+    assert m["reward/route/genrm_reference"] == pytest.approx(0.25)
+    assert m["reward/invalid_fraction"] == 0.0
