@@ -229,7 +229,8 @@ def main():
     p.add_argument("--prompt-len", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--beta", type=float, default=0.1)
-    p.add_argument("--attention-impl", default="auto", help="ours: kernels.attention impl")
+    p.add_argument("--attention-impl", default="auto",
+                   help="ours: kernels.attention impl; a comma list runs ours once per impl (e.g. xla,reference)")
     p.add_argument("--remat", default="none", help="ours: none | full | dots")
     p.add_argument("--only", choices=("both", "jax", "trl"), default="both")
     p.add_argument("--verbose", type=int, default=0)
@@ -245,12 +246,16 @@ def main():
 
     t_start = time.time()
     with tempfile.TemporaryDirectory() as workdir:
-        runs = {"trl": [], "jax": []}
+        impls = a.attention_impl.split(",")
+        sides = ["trl"] + [f"jax:{i}" for i in impls]
+        runs = {s: [] for s in sides}
         for _ in range(a.rounds):
             # TRL first in every round: its first run writes the initial weights both sides load.
-            for side in ("trl", "jax"):
-                if a.only in ("both", side) or (side == "trl" and not runs["trl"]):
-                    runs[side].append(_worker(a, side, workdir))
+            for side in sides:
+                kind = side.split(":")[0]
+                if a.only in ("both", kind) or (kind == "trl" and not runs["trl"]):
+                    sub = argparse.Namespace(**{**vars(a), "attention_impl": side.partition(":")[2] or impls[0]})
+                    runs[side].append(_worker(sub, kind, workdir))
     tokens = a.batch * 2 * a.seq
     out = {"settings": {"hidden": HIDDEN, "layers": LAYERS, "heads": HEADS, "kv_heads": KV_HEADS,
                         "intermediate": MLP, "vocab": VOCAB, "seq": a.seq, "prompt_len": a.prompt_len,
@@ -260,7 +265,7 @@ def main():
            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]}}
     for side, rs in runs.items():
-        if not rs or (a.only not in ("both", side)):
+        if not rs or (a.only not in ("both", side.split(":")[0])):
             continue
         steps = [t for r in rs for t in r["step_s"]]
         med = statistics.median(steps)
@@ -268,10 +273,11 @@ def main():
                      "step_s_min": min(steps), "step_s_per_run": [r["step_s"] for r in rs],
                      **{k: v for k, v in rs[0].items() if k not in ("step_s", "losses")},
                      "losses_first_run": [round(x, 6) for x in rs[0]["losses"]]}
-    if "jax" in out and "trl" in out:
-        out["ratio_ours_over_trl"] = round(out["jax"]["tokens_per_s"] / out["trl"]["tokens_per_s"], 3)
-        lj, lt = runs["jax"][0]["losses"], runs["trl"][0]["losses"]
-        out["max_abs_loss_diff"] = float(np.max(np.abs(np.asarray(lj) - np.asarray(lt))))
+    for side in sides[1:]:
+        if side in out and "trl" in out:
+            out[side]["ratio_ours_over_trl"] = round(out[side]["tokens_per_s"] / out["trl"]["tokens_per_s"], 3)
+            lj, lt = runs[side][0]["losses"], runs["trl"][0]["losses"]
+            out[side]["max_abs_loss_diff_vs_trl"] = float(np.max(np.abs(np.asarray(lj) - np.asarray(lt))))
     out["wall_s"] = round(time.time() - t_start, 1)
     print(json.dumps(out, indent=1))
 

@@ -27,6 +27,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         critique_weight=1.0,  # critic_rewards_weight (paper: L_Critique + L_Score, 1:1)
         head_dropout=0.0,  # RewardHead dropout (the release uses attention_dropout = 0 for Qwen2)
         max_critique_tokens=64,  # greedy critique length at inference (release: 4096)
+        warm_start_max_length=128,  # max_length of the warm start's answer sequences (0 = data.max_length)
     ))
     c.score = ml_collections.ConfigDict(dict(
         input="",  # dpo_pairs.jsonl to score after training ("" = no scoring)

@@ -254,7 +254,9 @@ def judge_conversations(n: int, seed: int, template: str = "tiny") -> list[tuple
     """Verdict demonstrations for a tiny GenRM judge on the "general" domain.
 
     Half the responses state the ground-truth sound ("Score : 1"); the rest
-    state another sound, a number, or no answer at all ("Score : 0").
+    ("Score : 0") mostly state another sound (70%: the only mistake a policy
+    trained on sounds makes, and the one that needs the reference compared),
+    else a number or no answer at all.
     """
     from mm_rlhf_jax.rewards.genrm import JUDGE_TEMPLATES
 
@@ -268,7 +270,7 @@ def judge_conversations(n: int, seed: int, template: str = "tiny") -> list[tuple
         if correct:
             response = ANSWER_TEMPLATE.format(answer=truth)
         else:
-            kind = rng.integers(3)
+            kind = rng.choice(3, p=(0.7, 0.15, 0.15))
             if kind == 0:
                 response = ANSWER_TEMPLATE.format(answer=rng.choice([s for s in sounds if s != truth]))
             elif kind == 1:

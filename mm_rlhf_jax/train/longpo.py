@@ -227,7 +227,8 @@ def generation_config(g: ml_collections.ConfigDict, seed: int) -> GenerationConf
         max_chunk_tokens=g.max_chunk_tokens, min_chunk_tokens=g.min_chunk_tokens,
         max_chunks_per_doc=g.max_chunks_per_doc, turns_per_doc=g.turns_per_doc, min_turns=g.min_turns,
         min_doc_tokens=g.min_doc_tokens, max_doc_tokens=g.max_doc_tokens, query_prompt=QUERY_PROMPTS.get(g.query_prompt),
-        numbered_questions=g.numbered_questions, num_questions=g.num_questions, seed=seed, filters=filters)
+        numbered_questions=g.numbered_questions, num_questions=g.num_questions, seed=seed, filters=filters,
+        keep_refused_rejected=g.keep_refused_rejected)
 
 
 def generate_round_data(run: Run, r: int, documents, module, params):

@@ -1,5 +1,6 @@
 """LongPO pair generation: stages, filters, grouping, resume after a crash; the sampler-backed generator."""
 
+import dataclasses
 import json
 import os
 import re
@@ -115,6 +116,19 @@ def test_generation_filters_groups_and_resumes_identically(tmp_path):
     # A finished directory is read back without calling the model.
     idle = FakeModel(batch_size=4, crash_after=0)
     assert strip(_generate(tmp_path / "resumed", docs, count, cfg, idle)[0]) == strip(samples)
+
+
+def test_keep_refused_rejected_keeps_long_context_refusals(tmp_path):
+    docs, count, cfg = _setup(tmp_path)
+    released, r_stats = _generate(tmp_path / "released", docs, count, cfg, FakeModel(batch_size=4))
+    kept, k_stats = _generate(tmp_path / "kept", docs, count, dataclasses.replace(cfg, keep_refused_rejected=True),
+                              FakeModel(batch_size=4))
+    assert "rejected_refused" not in k_stats["dropped"]
+    assert k_stats["dropped"]["rejected_repetitive"] == r_stats["dropped"]["rejected_repetitive"]
+    refusals = [y for s in kept for y in s["rejecteds"] if y == longdoc_task.REFUSAL]
+    assert len(refusals) == r_stats["dropped"]["rejected_refused"] > 0
+    assert k_stats["turns_in_samples"] == r_stats["turns_in_samples"] + len(refusals)
+    assert all(y != longdoc_task.REFUSAL for s in kept for y in s["chosens"])  # refused y_S still drop the turn
 
 
 def test_load_samples_errors_name_line_and_field(tmp_path):

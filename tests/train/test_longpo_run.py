@@ -68,11 +68,14 @@ def test_round_helpers():
 def micro_config():
     c = config_module.get_config("tiny")
     c.warm_start.update(dict(steps=4, num_examples=64))
-    c.data.update(dict(synthetic_train_docs=8, synthetic_eval_docs=8, heldout_fraction=0.25, batch_size=2))
+    c.data.update(dict(synthetic_train_docs=8, synthetic_eval_docs=8, heldout_fraction=0.25, batch_size=8))
     c.eval.update(dict(num_records=8, batch_size=8))
     c.generation.update(dict(batch_size=8, repetition_threshold=1000, min_answer_chars=0, drop_truncated=False))
     c.longpo.reference_batch_size = 8
     c.train.update(dict(steps=3, checkpoint_every=2))
+    # Two self-evolution rounds; round 1's policy gets a larger RoPE theta, its reference keeps round 0's.
+    c.longpo.rounds = 2
+    c.longpo.policy_rope_theta = (0.0, 20000.0)
     return c
 
 
@@ -90,18 +93,25 @@ def test_micro_run_writes_everything_and_resumes(tmp_path):
     for key in ("preference_accuracy", "long_context_accuracy", "short_context_accuracy",
                 "initial_long_context_accuracy", "start_preference_accuracy"):
         assert key in out, key
+    r0, r1 = (json.loads((tmp_path / f"round_{r}" / "eval.json").read_text()) for r in range(2))
+    assert (r0["policy_rope_theta"], r0["reference_rope_theta"]) == (10000.0, 10000.0)
+    assert (r1["policy_rope_theta"], r1["reference_rope_theta"]) == (20000.0, 10000.0)
+    assert (tmp_path / "round_1" / "data" / "samples.jsonl").exists() and on_disk["rounds"] == 2
     rows = [json.loads(line) for line in open(tmp_path / "round_0" / "metrics.jsonl")]
     assert [r["step"] for r in rows if "train/loss" in r] == [0, 2]
-    stamps = {p: os.path.getmtime(tmp_path / "round_0" / "data" / p) for p in ("samples.jsonl", "rejected.jsonl")}
+    stamps = {p: os.path.getmtime(tmp_path / p) for p in ("round_0/data/samples.jsonl", "round_0/data/rejected.jsonl",
+                                                            "round_1/data/samples.jsonl", "round_1/ref_logps.npy")}
     again = longpo.run(c, str(tmp_path))  # resumes: nothing regenerated, same training result
-    assert {p: os.path.getmtime(tmp_path / "round_0" / "data" / p) for p in stamps} == stamps
+    assert {p: os.path.getmtime(tmp_path / p) for p in stamps} == stamps
     assert again["preference_accuracy"] == out["preference_accuracy"]
     assert again["long_context_accuracy"] == out["long_context_accuracy"]
 
 
 @pytest.mark.slow
 def test_tiny_preset_improves_long_context_without_hurting_short(tmp_path):
+    """The `tiny` preset end to end (~10-15 min on 2 shared CPU cores); figures in bench/RESULTS.md."""
     c = config_module.get_config("tiny")
     out = longpo.run(c, str(tmp_path))
     assert out["long_context_accuracy"] >= out["initial_long_context_accuracy"] + 0.2, out
     assert out["short_context_accuracy"] >= out["initial_short_context_accuracy"] - c.eval.short_context_margin, out
+    assert out["short_context_ok"] and out["preference_accuracy"] > out["start_preference_accuracy"], out

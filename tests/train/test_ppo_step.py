@@ -37,20 +37,31 @@ def cfg(**kw):
 
 @pytest.fixture(scope="module")
 def models():
-    dc = DecoderConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+    dc = DecoderConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4, num_kv_heads=2,
                        architecture="qwen2", qkv_bias=True, dtype=jnp.float32, initializer_range=0.3)
     actor = Decoder(dc)
-    init = jax.jit(lambda k: nn.meta.unbox(actor.init(k, jnp.zeros((1, 4), jnp.int32))["params"]))
-    params, ref = init(jax.random.PRNGKey(1)), init(jax.random.PRNGKey(2))
     critic = ModelWithHeads(trunk=actor, value_head=ValueHead(initializer_range=0.3))
-    cparams = jax.jit(lambda k: nn.meta.unbox(critic.init(k, jnp.zeros((1, 4), jnp.int32))["params"]))(
-        jax.random.PRNGKey(3))
-    return actor, params, ref, critic, cparams
+    return actor, random_params(actor, 1), random_params(actor, 2), critic, random_params(critic, 3)
+
+
+def random_params(module, seed):
+    """N(0, 0.3) weights, unit RMSNorm weights, from numpy on the abstract shapes (an XLA init compile costs ~6 s)."""
+    shapes = jax.eval_shape(lambda: nn.meta.unbox(module.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))))
+    rng = np.random.default_rng(seed)
+    fill = lambda path, x: (jnp.ones(x.shape, x.dtype) if "norm" in jax.tree_util.keystr(path)
+                            else jnp.asarray(rng.normal(0.0, 0.3, x.shape), x.dtype))
+    return jax.tree_util.tree_map_with_path(fill, shapes["params"])
 
 
 @pytest.fixture(scope="module")
-def gae_experience(models):
-    return experience(models, cfg())
+def rolled(models):
+    """One rollout shared by every estimator (sampling depends only on temperature and max_new_tokens)."""
+    return rollout(models, cfg())
+
+
+@pytest.fixture(scope="module")
+def gae_experience(models, rolled):
+    return experience(models, cfg(), rolled=rolled)
 
 
 class Hashable:
@@ -94,9 +105,9 @@ def rollout(models, c, seed=0):
     return prompts, out, scores
 
 
-def experience(models, c, with_critic=True, seed=0):
+def experience(models, c, with_critic=True, seed=0, rolled=None):
     actor, params, ref, critic, cparams = models
-    prompts, out, scores = rollout(models, c, seed)
+    prompts, out, scores = rolled or rollout(models, c, seed)
     fn = jax.jit(functools.partial(ppo_step.experience_step, actor_module=actor,
                                    critic_module=critic if with_critic else None, c=c))
     exp, metrics = fn(params, ref, cparams if with_critic else None, prompts,
@@ -121,8 +132,9 @@ def test_gae_experience_equals_the_loss_functions_on_its_own_numbers(models, gae
     c = cfg()
     prompts, out, scores, exp, metrics = gae_experience
     m = exp["response_mask"]
-    out_values = models[3].apply({"params": models[4]}, exp["input_ids"], attention_mask=exp["attention_mask"],
-                                 positions=exp["positions"]).values
+    apply = jax.jit(lambda p, e: models[3].apply({"params": p}, e["input_ids"], attention_mask=e["attention_mask"],
+                                                 positions=e["positions"]).values)
+    out_values = apply(models[4], exp)
     values = jnp.pad(out_values[:, :-1], ((0, 0), (1, 0))) * m  # V(state before token t)
     np.testing.assert_allclose(np.asarray(exp["old_values"]), np.asarray(values), atol=1e-5)
     kl = kl_estimate(exp["old_logp"], exp["ref_logp"], "k1") * m
@@ -205,16 +217,28 @@ def test_gae_updates_equal_the_loss_functions(models, gae_experience):
     check_updates(models, cfg(), gae_experience[3], with_critic=True)
 
 
-def test_grpo_advantages_hand_computed_and_updates_equal_the_loss_functions(models):
+def test_grpo_advantages_hand_computed_and_updates_equal_the_loss_functions(models, rolled):
     """No critic, group-normalised advantages, k3 KL as a loss."""
     c = cfg(advantage="grpo", kl_mode="loss", kl_estimator="k3", whiten_advantages=False)
-    _, _, scores, exp, _ = experience(models, c, with_critic=False)
+    _, _, scores, exp, _ = experience(models, c, with_critic=False, rolled=rolled)
     s = np.asarray(scores).reshape(-1, G)  # kl in the loss: the sequence reward is the score
     expected = (s - s.mean(1, keepdims=True)) / (s.std(1, ddof=1, keepdims=True) + 1e-6)
     m = np.asarray(exp["response_mask"])
     np.testing.assert_allclose(np.asarray(exp["advantages"]), expected.reshape(-1, 1) * m, rtol=1e-5, atol=1e-6)
     assert float(jnp.abs(exp["old_values"]).max()) == 0.0
     check_updates(models, c, exp, with_critic=False)
+
+
+def test_rloo_advantages_hand_computed(models, rolled):
+    """RLOO with KL in the reward: the sequence reward minus the mean of the other samples of its prompt."""
+    c = cfg(advantage="rloo", kl_mode="reward", kl_coef=0.1, whiten_advantages=False)
+    _, _, scores, exp, _ = experience(models, c, with_critic=False, rolled=rolled)
+    m = np.asarray(exp["response_mask"])
+    kl = np.asarray(kl_estimate(exp["old_logp"], exp["ref_logp"], "k1")) * m
+    seq = (np.asarray(scores) - 0.1 * kl.sum(1)).reshape(-1, G)  # score - kl_coef * sequence KL
+    expected = seq - (seq.sum(1, keepdims=True) - seq) / (G - 1)  # G = 2: the other sample's reward
+    np.testing.assert_allclose(np.asarray(exp["advantages"]), expected.reshape(-1, 1) * m, rtol=1e-4, atol=1e-5)
+    assert np.abs(expected).max() > 0.05
 
 
 def test_kl_placement_and_config_errors():

@@ -46,6 +46,10 @@ class GenerationConfig:
     phrases: tuple[str, ...] = prompts.PHRASES
     seed: int = 0
     filters: FilterConfig = FilterConfig()
+    # Released: a turn is dropped when either answer is refused. True keeps turns whose *long*
+    # answer y_L is a refusal: a model that cannot find the fact in the long context refuses,
+    # and that is the failure the pair should teach away from (the tiny task's main one).
+    keep_refused_rejected: bool = False
 
 
 def _stable_seed(*parts) -> int:
@@ -200,6 +204,8 @@ def generate_samples(documents: Sequence[dict], out_dir: str, *, count_tokens: C
     for it in turns:
         r = rejected.records[it["key"]]
         why = answer_problem(r["rejected"], r["rejected_truncated"], cfg.filters)
+        if why == "refused" and cfg.keep_refused_rejected:
+            why = None
         if why:
             drops[f"rejected_{why}"] = drops.get(f"rejected_{why}", 0) + 1
             continue

@@ -11,6 +11,7 @@ variant directly (e.g. to lower for another platform from this host).
 
 import jax
 
+from mm_rlhf_jax.kernels import per_shard
 from mm_rlhf_jax.kernels.attention import common, reference
 from mm_rlhf_jax.kernels.attention.blocks import default_block_sizes
 from mm_rlhf_jax.kernels.attention.pallas_gpu import attention_pallas_gpu
@@ -111,4 +112,12 @@ def attention(
     blocks = block_sizes or default_block_sizes(impl)
     if interpret is None:
         interpret = jax.default_backend() == "cpu"
-    return IMPLS.get(impl)(q, k, v, ids, spec, blocks, interpret=interpret)
+    if not impl.startswith("pallas"):  # plain XLA: the SPMD partitioner shards it by itself
+        return IMPLS.get(impl)(q, k, v, ids, spec, blocks, interpret=interpret)
+
+    def kernel(q, k, v, q_seg, kv_seg, q_br, kv_br, q_offset):
+        ids = common.Ids(q_seg=q_seg, kv_seg=kv_seg, q_br=q_br, kv_br=kv_br, q_offset=q_offset)
+        return IMPLS.get(impl)(q, k, v, ids, spec, blocks, interpret=interpret)
+
+    # Pallas calls are opaque to the partitioner: run one per (batch, head) shard of the mesh.
+    return per_shard.attention(kernel, q, k, v, ids.q_seg, ids.kv_seg, ids.q_br, ids.kv_br, ids.q_offset)

@@ -11,6 +11,7 @@ impl      | cpu                      | gpu                  | tpu
 import jax
 import jax.numpy as jnp
 
+from mm_rlhf_jax.kernels import per_shard
 from mm_rlhf_jax.kernels.token_logprobs import common, reference
 from mm_rlhf_jax.kernels.token_logprobs.blocks import default_block_sizes
 from mm_rlhf_jax.kernels.token_logprobs.pallas_gpu import token_logprobs_pallas_gpu
@@ -79,9 +80,13 @@ def token_logprobs(
     blocks = block_sizes or default_block_sizes(impl, h, v)
     if interpret is None:
         interpret = jax.default_backend() == "cpu"
-    logp, ent = IMPLS.get(impl)(
-        hidden.reshape(n, h), w, labels.reshape(n).astype(jnp.int32), inv_temp=1.0 / float(temperature),
-        with_entropy=bool(return_entropy), blocks=blocks, interpret=interpret,
-    )
+    kernel = lambda hh, ww, ll: IMPLS.get(impl)(
+        hh, ww, ll, inv_temp=1.0 / float(temperature), with_entropy=bool(return_entropy), blocks=blocks,
+        interpret=interpret)
+    flat = (hidden.reshape(n, h), w, labels.reshape(n).astype(jnp.int32))
+    if impl.startswith("pallas"):  # opaque to the partitioner: one call per token shard of the mesh
+        logp, ent = per_shard.token_logprobs(kernel, *flat)
+    else:
+        logp, ent = kernel(*flat)
     shape = labels.shape
     return (logp.reshape(shape), ent.reshape(shape)) if return_entropy else logp.reshape(shape)
