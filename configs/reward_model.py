@@ -1,6 +1,6 @@
 """Critique-based reward model (MM-RLHF §3.2) and its scalar-only ablation.
 
-Tiny (CPU, bundled synthetic data, random init):
+Tiny (CPU, bundled synthetic data, random init + a 200-step supervised warm start of the trunk):
     python -m mm_rlhf_jax.main --config configs/reward_model.py:tiny --workdir runs/rm
     python -m mm_rlhf_jax.main --config configs/reward_model.py:tiny --workdir runs/rm_scalar --config.reward.mode=scalar
 Score pairs for MM-DPO (writes delta next to each record):
@@ -42,6 +42,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.train.steps = 300
         c.train.eval_every = 0
         c.train.checkpoint_every = 100
+        # No SFT'd VLM to start from: fit the best answers first so the trunk reads the images
+        # (train/warm_start.py; the paper's RM starts from LLaVA-OV-7B). Results: bench/RESULTS.md.
+        c.warm_start.steps = 200
     elif arg == "llava_ov_7b":
         c.model.init_from = "/ckpt/llava-onevision-qwen2-7b-ov-hf"
         c.model.dtype = "bfloat16"

@@ -20,12 +20,17 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 
 # Named trainable-parameter sets (regexes over "/"-joined parameter paths).
 TRAINABLE: Registry[tuple[str, ...]] = Registry("trainable parameter set")
+# A policy's paths start at the VLM ("language_model/..."); a reward model's at its trunk
+# ("trunk/language_model/...") next to its fresh head, which always trains.
+_T = "(trunk/)?"
+_HEADS = "|(reward_head|value_head)/.*"
 TRAINABLE.register("all")((".*",))
 # MM-RLHF trains the projector and the LLM with the vision tower frozen
 # (mm_tunable_parts=mm_mlp_adapter,mm_language_model).
-TRAINABLE.register("projector_and_llm")(("multi_modal_projector/.*", "image_newline", "language_model/.*"))
-TRAINABLE.register("projector")(("multi_modal_projector/.*", "image_newline"))
-TRAINABLE.register("llm")(("language_model/.*",))
+TRAINABLE.register("projector_and_llm")((f"{_T}multi_modal_projector/.*", f"{_T}image_newline",
+                                         f"{_T}language_model/.*{_HEADS}"))
+TRAINABLE.register("projector")((f"{_T}multi_modal_projector/.*{_HEADS}", f"{_T}image_newline"))
+TRAINABLE.register("llm")((f"{_T}language_model/.*{_HEADS}",))
 
 
 def dtype(name: str):

@@ -145,6 +145,8 @@ def score_file(inference: rm_inference.RewardModelInference, params, config) -> 
 
 
 def run(config: ml_collections.ConfigDict, workdir: str):
+    if config.reward.mode not in MODES:
+        raise ValueError(f"reward.mode={config.reward.mode!r}; use one of {sorted(MODES)}")
     os.makedirs(workdir, exist_ok=True)
     mesh, rules = make_mesh(config.mesh.to_dict()), TRAIN_RULES
     writer = metrics_lib.MetricWriter(workdir)

@@ -116,7 +116,8 @@ def test_reward_summary_by_hand():
     assert s == {"mean": pytest.approx(0.5), "variance": pytest.approx(0.125)}
 
 
-@pytest.mark.slow  # the tiny preset end to end: frozen model + prompter warm starts, 60 PPO steps (~6 min)
+@pytest.mark.slow  # the tiny preset end to end: frozen model + prompter warm starts, 60 PPO steps (6-13 min)
+@pytest.mark.target
 def test_tiny_align_pro_beats_the_no_prompter_baseline(tmp_path):
     import importlib.util
     import json

@@ -108,6 +108,7 @@ def test_micro_run_writes_everything_and_resumes(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.target
 def test_tiny_preset_improves_long_context_without_hurting_short(tmp_path):
     """The `tiny` preset end to end (~10-15 min on 2 shared CPU cores); figures in bench/RESULTS.md."""
     c = config_module.get_config("tiny")

@@ -110,6 +110,7 @@ def test_malformed_record_names_file_line_field_and_keeps_checkpoints(uninterrup
 
 
 @pytest.mark.slow
+@pytest.mark.target
 def test_tiny_preset_quickstart(tmp_path):
     """The README's first quickstart line (figures in bench/RESULTS.md)."""
     result = mm_dpo.run(config_module.get_config("tiny"), str(tmp_path / "quickstart"))

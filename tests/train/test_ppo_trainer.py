@@ -137,7 +137,8 @@ def test_trainer_config_errors(sharded, tok):
             rl_common.RLTrainer(config(prompts_per_step=3), s.mesh, s.roles, tok, s.params0, env)
 
 
-@pytest.mark.slow  # the tiny preset end to end: SFT warm start, Pre-PPO, 100 PPO steps (~6 min)
+@pytest.mark.slow  # the tiny preset end to end: SFT warm start, Pre-PPO, 100 PPO steps (6-13 min)
+@pytest.mark.target
 def test_tiny_ppo_raises_heldout_verifier_accuracy(tmp_path):
     import importlib.util
     import json
