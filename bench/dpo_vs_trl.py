@@ -12,8 +12,10 @@ checkpointing, reference log-probs precomputed once (the cached-reference setup
 this project's MM-DPO run uses; TRL: precompute_ref_log_probs=True).
 
 - ours: `train.dpo_step.dpo_train_step` jitted with the state donated, as
-  `train/mm_dpo.py` does (chosen and rejected in one [16, 512] forward, hidden
-  states -> `kernels.token_logprobs`, no [B, T, V] logits).
+  `train/mm_dpo.py` does (chosen and rejected in one [16, 512] forward; the
+  response positions' hidden states are gathered and go through
+  `kernels.token_logprobs`, no [B, T, V] logits; attention "auto" on CPU is the
+  causal-chunked dense path at these lengths, `kernels/attention/xla_dense.py`).
 - TRL: `DPOTrainer` on a transformers `Qwen2ForCausalLM` (sdpa attention), sequential
   sampler, logging every step; the step time is on_step_begin -> on_step_end.
 

@@ -1,5 +1,6 @@
-"""Small shared building blocks: RMSNorm, logically-partitioned initializers, remat policies."""
+"""Small shared building blocks: RMSNorm, logically-partitioned initializers, remat policies, Linear."""
 
+import math
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -65,6 +66,11 @@ class Linear(nn.Module):
     Used instead of nn.DenseGeneral for multi-dimensional kernels such as
     [embed, heads, head_dim]: DenseGeneral initialises a flattened 2-D kernel
     and reshapes it, which breaks logical sharding constraints inside a mesh.
+
+    The product itself is one 2-D matmul x[N, prod(in)] . kernel[prod(in), prod(out)]
+    (leading dims of x flattened into N, the kernel's in / out dims merged): XLA:CPU
+    runs the weight gradient of a 3-D `btd,btf->df` contraction ~2x slower than the
+    same contraction on [B*T, d]; the reshapes are free and the result is identical.
     """
 
     in_shape: tuple[int, ...]
@@ -80,8 +86,13 @@ class Linear(nn.Module):
         n_in = len(self.in_shape)
         kernel = self.param("kernel", init(self.kernel_axes, self.std), self.in_shape + self.out_shape,
                             self.param_dtype)
-        contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-        y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
+        lead = x.shape[:x.ndim - n_in]
+        if x.shape[x.ndim - n_in:] != tuple(self.in_shape):
+            raise ValueError(f"Linear {self.name}: input trailing dims {x.shape[x.ndim - n_in:]} != in_shape "
+                             f"{tuple(self.in_shape)}")
+        x2 = x.astype(self.dtype).reshape(math.prod(lead), math.prod(self.in_shape))
+        k2 = kernel.astype(self.dtype).reshape(math.prod(self.in_shape), math.prod(self.out_shape))
+        y = jnp.dot(x2, k2).reshape(*lead, *self.out_shape)
         if self.use_bias:
             bias = self.param("bias", zeros(self.kernel_axes[n_in:]), self.out_shape, self.param_dtype)
             y = y + bias.astype(self.dtype)

@@ -200,8 +200,11 @@ def build_mounts(config, layers, notes, expose, pidns):
     # D-Bus) are neither readable nor reachable; /dev/shm is private and
     # writable (POSIX semaphores for multiprocessing).
     keep = interpreter_paths()
-    covered = [empty_dir(path, workdir, keep) for path in ("/tmp", "/var/tmp", "/run")]
-    layers["private_tmp"] = any(covered)
+    covered = {path: empty_dir(path, workdir, keep) for path in ("/tmp", "/var/tmp", "/run")}
+    # The layer means "/tmp is private"; it stays uncovered when the interpreter
+    # itself lives under it (e.g. a virtualenv in /tmp), and then the layer is off.
+    layers["private_tmp"] = covered["/tmp"]
+    notes.extend("%s left visible: it holds the interpreter" % p for p, done in covered.items() if not done)
     empty_dir("/dev/shm", workdir, keep, writable=True)
     owner = "uid=%d,gid=%d" % (config["uid"], config["gid"]) if config["uid"] is not None \
         else "uid=%d,gid=%d" % (os.getuid(), os.getgid())

@@ -15,6 +15,7 @@ from .helpers import check_attention, ragged_segments
 # Small tiles so that every test walks several query and KV tiles.
 BLOCKS = {
     "xla": BlockSizes(32, 32, 32, 32),
+    "xla_dense": BlockSizes(32, 32, 32, 32),  # causal-chunked dense (CPU short sequences)
     "pallas_tpu": BlockSizes(128, 128, 128, 128),  # TPU KV tiles are >= 128 lanes
     "pallas_gpu": BlockSizes(32, 16, 16, 32),
 }

@@ -2,11 +2,16 @@
 
 impl      | cpu                      | gpu                     | tpu
 ----------|--------------------------|-------------------------|-------------------
-"auto"    | xla (blocked)            | pallas_gpu (Triton)     | pallas_tpu (Mosaic)
+"auto"    | xla_dense if short, else | pallas_gpu (Triton)     | pallas_tpu (Mosaic)
+          | xla (blocked)            |                         |
 "pallas"  | pallas_tpu, interpreted  | pallas_gpu              | pallas_tpu
 "xla"     | xla (blocked)            | xla (blocked)           | xla (blocked)
-"reference" dense pure-jnp (tests, tiny shapes); "pallas_tpu" / "pallas_gpu" name a
-variant directly (e.g. to lower for another platform from this host).
+"reference" dense pure-jnp (tests, tiny shapes); "pallas_tpu" / "pallas_gpu" / "xla_dense"
+name a variant directly (e.g. to lower for another platform from this host).
+
+"Short" on CPU: the f32[B, Hq, T, S] score matrix fits in DENSE_SCORE_BYTES. There
+the causal-chunked dense path (xla_dense.py) is ~2-3x faster than the blocked kernel
+(one tile, no causal skipping); beyond it the blocked kernel keeps memory O(T).
 """
 
 import jax
@@ -17,6 +22,7 @@ from mm_rlhf_jax.kernels.attention.blocks import default_block_sizes
 from mm_rlhf_jax.kernels.attention.pallas_gpu import attention_pallas_gpu
 from mm_rlhf_jax.kernels.attention.pallas_tpu import attention_pallas_tpu
 from mm_rlhf_jax.kernels.attention.xla_blocked import attention_xla
+from mm_rlhf_jax.kernels.attention.xla_dense import attention_xla_dense
 from mm_rlhf_jax.registry import Registry
 
 IMPLS = Registry("attention impl")
@@ -24,16 +30,28 @@ IMPLS = Registry("attention impl")
 # Backend (jax.default_backend()) -> impl; other backends fall back to "xla".
 _AUTO = {"cpu": "xla", "gpu": "pallas_gpu", "tpu": "pallas_tpu"}
 _PALLAS = {"cpu": "pallas_tpu", "gpu": "pallas_gpu", "tpu": "pallas_tpu"}
+# Backends where "auto" takes the dense path for short sequences (see the module docstring).
+_AUTO_SHORT = {"cpu": "xla_dense"}
+# Score-matrix budget of the short path: f32[16, 4, 512, 512] (the DPO benchmark's
+# shapes, bench/dpo_vs_trl.py) is 64 MiB; the causal chunks compute about half of it.
+DENSE_SCORE_BYTES = 64 * 2**20
 
 IMPLS.register("xla")(attention_xla)
+IMPLS.register("xla_dense")(attention_xla_dense)
 IMPLS.register("pallas_tpu")(attention_pallas_tpu)
 IMPLS.register("pallas_gpu")(attention_pallas_gpu)
 
 
-def resolve_impl(impl: str, backend: str | None = None) -> str:
-    """Maps "auto" / "pallas" to a concrete registered impl for `backend`."""
+def resolve_impl(impl: str, backend: str | None = None, score_bytes: int | None = None) -> str:
+    """Maps "auto" / "pallas" to a concrete registered impl for `backend`.
+
+    score_bytes: size of the f32[B, Hq, T, S] score matrix of the call, if known;
+    small ones take the backend's short-sequence path under "auto".
+    """
     backend = backend or jax.default_backend()
     if impl == "auto":
+        if backend in _AUTO_SHORT and score_bytes is not None and score_bytes <= DENSE_SCORE_BYTES:
+            return _AUTO_SHORT[backend]
         return _AUTO.get(backend, "xla")
     if impl == "pallas":
         if backend not in _PALLAS:
@@ -88,7 +106,7 @@ def attention(
     Returns:
       [B, T, Hq, D] in q.dtype. Query rows that see no key are zeros.
     """
-    impl = resolve_impl(impl)
+    impl = resolve_impl(impl, score_bytes=4 * q.shape[0] * q.shape[2] * q.shape[1] * k.shape[1])
     if impl == "reference":
         return reference.mha_reference(
             q, k, v, segment_ids=segment_ids, kv_segment_ids=kv_segment_ids, branch_ids=branch_ids,
@@ -112,6 +130,10 @@ def attention(
     blocks = block_sizes or default_block_sizes(impl)
     if interpret is None:
         interpret = jax.default_backend() == "cpu"
+    if impl == "xla_dense":
+        # A Python-int offset lets the dense path skip causally invisible keys statically.
+        static = q_offset if isinstance(q_offset, int) and not isinstance(q_offset, bool) else None
+        return attention_xla_dense(q, k, v, ids, spec, blocks, static_q_offset=static)
     if not impl.startswith("pallas"):  # plain XLA: the SPMD partitioner shards it by itself
         return IMPLS.get(impl)(q, k, v, ids, spec, blocks, interpret=interpret)
 
