@@ -26,41 +26,6 @@ def query_index(ids) -> dict[str, int]:
     return out
 
 
-class JsonlPairSource:
-    """The pairs of a `dpo_pairs.jsonl`, validated at construction.
-
-    Args:
-      path: the jsonl file.
-      include_ties: keep `is_tie` pairs (reward-model data) or drop them (DPO data).
-      media_root: folder media paths are relative to (default: the file's folder).
-      check_media: open every image / first video frame now rather than in a worker.
-    """
-
-    def __init__(self, path: str, *, include_ties: bool, media_root: str | None = None, check_media: bool = True):
-        self.path = path
-        self.media_root = os.path.dirname(os.path.abspath(path)) if media_root is None else media_root
-        records = load_pairs(path, media_root=self.media_root, check_media=check_media)
-        qids = query_index(r.id for r in records)  # numbered before tie filtering: same ids either way
-        self._records = [r for r in records if include_ties or not r.is_tie]
-        self._qids = [qids[r.id] for r in self._records]
-        if not self._records:
-            raise ValueError(f"{path}: no pairs left (include_ties={include_ties}, {len(records)} pairs in file)")
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def __getitem__(self, index: int) -> dict:
-        return {"record": self._records[index], "query_id": self._qids[index], "media_root": self.media_root,
-                "image": None, "video": None}
-
-    @property
-    def records(self) -> list[PairRecord]:
-        return list(self._records)
-
-    def __repr__(self) -> str:
-        return f"JsonlPairSource({self.path!r}, {len(self)} pairs)"
-
-
 class RecordPairSource:
     """In-memory pair records (e.g. pairs whose critiques were just generated), same elements as JsonlPairSource."""
 
@@ -78,5 +43,29 @@ class RecordPairSource:
                 "image": None, "video": None}
 
     @property
-    def records(self):
+    def records(self) -> list[PairRecord]:
         return list(self._records)
+
+
+class JsonlPairSource(RecordPairSource):
+    """The pairs of a `dpo_pairs.jsonl`, validated at construction.
+
+    Args:
+      path: the jsonl file.
+      include_ties: keep `is_tie` pairs (reward-model data) or drop them (DPO data).
+      media_root: folder media paths are relative to (default: the file's folder).
+      check_media: open every image / first video frame now rather than in a worker.
+    """
+
+    def __init__(self, path: str, *, include_ties: bool, media_root: str | None = None, check_media: bool = True):
+        self.path = path
+        media_root = os.path.dirname(os.path.abspath(path)) if media_root is None else media_root
+        records = load_pairs(path, media_root=media_root, check_media=check_media)
+        qids = query_index(r.id for r in records)  # numbered before tie filtering: same ids either way
+        kept = [r for r in records if include_ties or not r.is_tie]
+        if not kept:
+            raise ValueError(f"{path}: no pairs left (include_ties={include_ties}, {len(records)} pairs in file)")
+        super().__init__(kept, media_root, query_ids=[qids[r.id] for r in kept])
+
+    def __repr__(self) -> str:
+        return f"JsonlPairSource({self.path!r}, {len(self)} pairs)"

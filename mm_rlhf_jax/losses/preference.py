@@ -92,6 +92,18 @@ def dpo_loss(
     return losses, chosen_rewards, rejected_rewards
 
 
+def reward_metrics(chosen_rewards, rejected_rewards, policy_chosen_logps, policy_rejected_logps) -> dict:
+    """Batch means of the implicit rewards, their margin and accuracy, and the policy log-probs (all f32[B])."""
+    return {
+        "rewards/chosen": jnp.mean(chosen_rewards),
+        "rewards/rejected": jnp.mean(rejected_rewards),
+        "rewards/margin": jnp.mean(chosen_rewards - rejected_rewards),
+        "rewards/accuracy": jnp.mean((chosen_rewards > rejected_rewards).astype(jnp.float32)),
+        "logps/chosen": jnp.mean(policy_chosen_logps),
+        "logps/rejected": jnp.mean(policy_rejected_logps),
+    }
+
+
 def dynamic_beta(delta, *, beta, w, k):
     """MM-DPO dynamic reward scaling: beta(delta) = beta * (1 + w * (1 - exp(-k * delta))).
 

@@ -20,7 +20,6 @@ prompter: SFT on imperfect rewrites), checkpoints/, initial_eval.json, eval.json
 """
 
 import dataclasses
-import json
 import os
 
 import flax.linen as nn
@@ -36,7 +35,7 @@ from mm_rlhf_jax.rewards.router import RewardBatch, reward_metrics
 from mm_rlhf_jax.rollout.strategies import SamplingConfig
 from mm_rlhf_jax.sharding import TRAIN_RULES, make_mesh
 from mm_rlhf_jax.testing import synthetic_reasoning as tasks
-from mm_rlhf_jax.train import checkpoint, data_setup, loop, metrics as metrics_lib, model_factory, rl_common, setup, sft
+from mm_rlhf_jax.train import data_setup, metrics as metrics_lib, model_factory, rl_common, setup, sft
 from mm_rlhf_jax.train.ppo import build_genrm, build_router
 from mm_rlhf_jax.train.rl_common import PolicyGenerator
 
@@ -190,28 +189,12 @@ def run(config: ml_collections.ConfigDict, workdir: str):
         text_fn = lambda r: c.align_pro.prompter_template.format(prompt=r.prompt)
         sampler = CurriculumSampler(data.pool, p.prompts_per_step, Curriculum(), c.data.seed,
                                     encode=rl_common.prompt_encoder(tok, p.max_prompt_length, text_fn))
-        ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=c.train.max_checkpoints)
-        state = loop.restore_if_any(ckpt, rl_common.abstract_rl_state(roles, c.seed), sampler)
-        if state is None:
-            state = rl_common.init_rl_state(roles, params0, c.seed)
-        eval_fn = make_eval_fn(c, prompter, env, data.heldout)
-        initial_path = os.path.join(workdir, "initial_eval.json")
-        if not os.path.exists(initial_path):
-            writer.write_json("initial_eval.json", eval_fn(params0))
-        with open(initial_path) as fh:
-            initial = json.load(fh)
-        # The prompter's reference rho_sft is params0 (never donated: the state holds copies).
-        trainer = rl_common.RLTrainer(c, mesh, roles, tok, params0, env,
-                                      sample_log=os.path.join(workdir, "samples.jsonl"))
-        state, final = loop.run_loop(
-            state=state, step_fn=trainer.cycle, data_iter=sampler, put_batch=lambda b: b,
-            total_steps=c.train.steps, checkpointer=ckpt, writer=writer,
-            eval_fn=lambda s: eval_fn(s.actor.params), log_every=c.train.log_every,
-            eval_every=c.train.eval_every, checkpoint_every=c.train.checkpoint_every)
+        # The prompter's reference rho_sft is params0.
+        final, initial = rl_common.train_cycles(c, workdir, mesh, roles, tok, params0, env, sampler,
+                                                make_eval_fn(c, prompter, env, data.heldout), writer)
     result = {**rl_common.jsonable(final), **{f"initial_{k}": v for k, v in rl_common.jsonable(initial).items()
                                               if "without_prompter" not in k},
               "steps": c.train.steps, "examples": final.get("examples", [])}
     setup.report("align_pro", result, writer)
     writer.close()
-    ckpt.close()
     return result

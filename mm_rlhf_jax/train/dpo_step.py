@@ -47,22 +47,14 @@ def dpo_terms(module, params, batch, rng, c: ml_collections.ConfigDict):
         "dpo/loss": dpo,
         "dpo/sft_nll": sft,
         "dpo/beta": jnp.mean(jnp.broadcast_to(beta, pc.shape)),
-        "rewards/chosen": jnp.mean(chosen_r),
-        "rewards/rejected": jnp.mean(rejected_r),
-        "rewards/margin": jnp.mean(chosen_r - rejected_r),
-        "rewards/accuracy": jnp.mean((chosen_r > rejected_r).astype(jnp.float32)),
-        "logps/chosen": jnp.mean(pc),
-        "logps/rejected": jnp.mean(pr),
+        **preference.reward_metrics(chosen_r, rejected_r, pc, pr),
     }
     return loss, metrics
 
 
 def dpo_train_step(state, batch, *, module, tx, mask, c):
     rng = jax.random.fold_in(state.rng, state.step)
-    loss_fn = lambda params, b: dpo_terms(module, params, b, rng, c)
-    (_, metrics), grads = state_lib.grad_of_trainable(loss_fn, state.params, mask, batch)
-    state, opt_metrics = state_lib.apply_gradients(state, grads, tx, mask)
-    return state, {**metrics, **opt_metrics}
+    return state_lib.minimize(lambda params, b: dpo_terms(module, params, b, rng, c), state, batch, tx, mask)
 
 
 def policy_logps_step(params, batch, *, module):

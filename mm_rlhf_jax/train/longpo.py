@@ -46,10 +46,9 @@ from mm_rlhf_jax.models import hf
 from mm_rlhf_jax.models.config import DecoderConfig
 from mm_rlhf_jax.registry import Registry
 from mm_rlhf_jax.rollout.strategies import SamplingConfig
-from mm_rlhf_jax.sharding import TRAIN_RULES, make_mesh, replicated, unbox_values
+from mm_rlhf_jax.sharding import TRAIN_RULES, make_mesh
 from mm_rlhf_jax.testing import longdoc_task
-from mm_rlhf_jax.train import (checkpoint, data_setup, longpo_step, loop, metrics as metrics_lib, model_factory,
-                               partition, state as state_lib)
+from mm_rlhf_jax.train import data_setup, longpo_step, metrics as metrics_lib, model_factory, setup, sft
 from mm_rlhf_jax.train.optim import make_optimizer
 
 QUERY_PROMPTS: Registry[str] = Registry("longpo query prompt")
@@ -141,25 +140,6 @@ def base_config(c: ml_collections.ConfigDict) -> DecoderConfig:
 # ---------------------------------------------------------------------------------------------- warm start
 
 
-class IndexBatches:
-    """Seeded random batches of in-memory arrays; the state is the next batch index (checkpointable)."""
-
-    def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, seed: int):
-        self.arrays, self.batch_size, self.seed, self.index = arrays, batch_size, seed, 0
-
-    def __next__(self):
-        n = len(next(iter(self.arrays.values())))
-        rows = np.random.default_rng([self.seed, self.index]).integers(n, size=self.batch_size)
-        self.index += 1
-        return {k: v[rows] for k, v in self.arrays.items()}
-
-    def get_state(self):
-        return {"index": self.index}
-
-    def set_state(self, state):
-        self.index = int(state["index"])
-
-
 def sft_arrays(tok, conversations, max_length: int) -> dict[str, np.ndarray]:
     ids = np.zeros((len(conversations), max_length), np.int32)
     att, loss = np.zeros_like(ids), np.zeros(ids.shape, np.float32)
@@ -174,26 +154,11 @@ def sft_arrays(tok, conversations, max_length: int) -> dict[str, np.ndarray]:
 def _train(run: Run, name: str, module, params, step_fn, data_iter, tx, steps: int, eval_fn=None,
            checkpoint_every: int = 0, eval_every: int = 0):
     """State around `params` (or restored from run/<name>/checkpoints) trained for `steps`; returns final params."""
-    abstract = hf.abstract_params(module)
-    mask = partition.trainable_mask(unbox_values(abstract), model_factory.TRAINABLE.get(run.c.model.trainable))
-    shardings = state_lib.state_shardings(abstract, run.mesh, TRAIN_RULES, tx, mask)
-    ckpt = checkpoint.Checkpointer(run.path(name, "checkpoints"), max_to_keep=run.c.train.max_checkpoints)
-    abstract_state = jax.eval_shape(
-        lambda p: state_lib.create_state(p, tx, mask, jax.random.PRNGKey(0), shardings), unbox_values(abstract))
-    state = loop.restore_if_any(ckpt, checkpoint.abstract_like(abstract_state, shardings), data_iter)
-    if state is None:
-        state = state_lib.create_state(params, tx, mask, jax.random.PRNGKey(run.c.seed + 1), shardings)
-    jit_step = jax.jit(functools.partial(step_fn, module=module, tx=tx, mask=mask),
-                       out_shardings=(shardings, replicated(run.mesh)), donate_argnames=("state",))
-    writer = metrics_lib.MetricWriter(run.path(name))
-    state, final = loop.run_loop(state=state, step_fn=jit_step, data_iter=data_iter, put_batch=run.put,
-                                 total_steps=steps, checkpointer=ckpt, writer=writer,
-                                 eval_fn=None if eval_fn is None else lambda s: eval_fn(s.params),
-                                 log_every=run.c.train.log_every, eval_every=eval_every,
-                                 checkpoint_every=checkpoint_every)
-    writer.close()
-    ckpt.close()
-    return state.params, final
+    return setup.run_phase(run.path(name), module, params, step_fn, data_iter, tx,
+                           trainable=model_factory.TRAINABLE.get(run.c.model.trainable), mesh=run.mesh,
+                           rules=TRAIN_RULES, steps=steps, seed=run.c.seed + 1, log_every=run.c.train.log_every,
+                           checkpoint_every=checkpoint_every, max_to_keep=run.c.train.max_checkpoints,
+                           eval_fn=eval_fn, eval_every=eval_every)
 
 
 def warm_start(run: Run, params):
@@ -202,13 +167,13 @@ def warm_start(run: Run, params):
     task = longdoc_task.TaskConfig(min_filler=run.c.data.synthetic_min_filler, max_filler=run.c.data.synthetic_max_filler,
                                    sft_min_passages=w.min_passages, sft_max_passages=w.max_passages)
     convs = longdoc_task.sft_examples(w.seed, w.num_examples, prompts.PHRASES, task)
-    data_iter = IndexBatches(sft_arrays(tok, convs, w.max_length), data_setup.per_host_batch(w.batch_size, run.mesh),
-                             w.seed)
+    data_iter = sft.ArrayBatches(sft_arrays(tok, convs, w.max_length),
+                                 data_setup.per_host_batch(w.batch_size, run.mesh), w.seed)
     opt = ml_collections.ConfigDict(dict(run.c.optim.to_dict(), name="adamw", lr=w.lr, schedule="cosine",
                                          warmup_ratio=w.warmup_steps / w.steps, final_lr_ratio=0.05))
     module = run.module(run.base.rope_theta)
     logging.info("warm start: SFT on %d short-context task examples for %d steps", len(convs), w.steps)
-    params, _ = _train(run, "warm_start", module, params, longpo_step.sft_train_step, data_iter,
+    params, _ = _train(run, "warm_start", module, params, sft.sft_train_step, data_iter,
                        make_optimizer(opt, w.steps), w.steps, checkpoint_every=max(w.steps // 4, 1))
     return params
 
@@ -415,12 +380,8 @@ def run(config: ml_collections.ConfigDict, workdir: str):
             if config.warm_start.steps:
                 params = warm_start(r, params)
         theta = r.base.rope_theta
-        initial_path = os.path.join(workdir, "initial_eval.json")
-        if not os.path.exists(initial_path):
-            start = r.module(theta)
-            writer.write_json("initial_eval.json", Evaluator(r, records, None)(start, start, params))
-        with open(initial_path) as f:
-            initial = json.load(f)
+        start = r.module(theta)
+        initial = writer.json_once("initial_eval.json", lambda: Evaluator(r, records, None)(start, start, params))
         rounds = []
         for k in range(config.longpo.rounds):
             params, theta, result = train_round(r, k, documents, records, params, theta)

@@ -123,22 +123,14 @@ def longpo_terms(module, params, batch, c: ml_collections.ConfigDict):
         "train/loss": loss,
         "longpo/nll": jnp.mean(lp["nll"]),
         "longpo/pref_loss": jnp.mean(pref),
-        "rewards/chosen": jnp.mean(chosen_r),
-        "rewards/rejected": jnp.mean(rejected_r),
-        "rewards/margin": jnp.mean(chosen_r - rejected_r),
-        "rewards/accuracy": jnp.mean((chosen_r > rejected_r).astype(jnp.float32)),
-        "logps/chosen": jnp.mean(pc),
-        "logps/rejected": jnp.mean(pr),
+        **preference.reward_metrics(chosen_r, rejected_r, pc, pr),
         "tokens/nll": jnp.mean(lp["nll_tokens"]),
     }
     return loss, metrics
 
 
 def longpo_train_step(state, batch, *, module, tx, mask, c):
-    loss_fn = lambda params, b: longpo_terms(module, params, b, c)
-    (_, metrics), grads = state_lib.grad_of_trainable(loss_fn, state.params, mask, batch)
-    state, opt_metrics = state_lib.apply_gradients(state, grads, tx, mask)
-    return state, {**metrics, **opt_metrics}
+    return state_lib.minimize(lambda params, b: longpo_terms(module, params, b, c), state, batch, tx, mask)
 
 
 def pair_logps_step(params, batch, *, module, c):
@@ -146,18 +138,3 @@ def pair_logps_step(params, batch, *, module, c):
     lp = policy_logps(module, params, batch, nll_tokens=c.nll_tokens, max_response_tokens=c.max_response_tokens)
     return jnp.stack([lp["chosen"], lp["rejected"]], axis=-1)
 
-
-def sft_terms(module, params, batch):
-    """Token-mean NLL over response tokens of plain [B, T] sequences (the short-context warm start)."""
-    out = module.apply({"params": params}, batch["input_ids"], attention_mask=batch["attention_mask"],
-                       compute_logits=False)
-    lp = shifted_token_logprobs(out.hidden_states, module.lm_head_weight(params), batch["input_ids"])
-    total, count = masked_sum(lp, batch["loss_mask"])
-    loss = -jnp.sum(total) / jnp.maximum(jnp.sum(count), 1.0)
-    return loss, {"train/loss": loss, "sft/tokens": jnp.sum(count)}
-
-
-def sft_train_step(state, batch, *, module, tx, mask):
-    (_, metrics), grads = state_lib.grad_of_trainable(lambda p, b: sft_terms(module, p, b), state.params, mask, batch)
-    state, opt_metrics = state_lib.apply_gradients(state, grads, tx, mask)
-    return state, {**metrics, **opt_metrics}

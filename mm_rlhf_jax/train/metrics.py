@@ -54,6 +54,20 @@ class MetricWriter:
         if self.enabled:
             write_json_atomic(os.path.join(self.workdir, name), obj)
 
+    def json_once(self, name: str, compute):
+        """The JSON file `name` of the workdir if an earlier run wrote it, else compute() written there.
+
+        For results that must stay fixed across resumes (the starting model's
+        eval): the value returned is the file's content either way.
+        """
+        path = os.path.join(self.workdir, name)
+        if os.path.exists(path):
+            with open(path) as f:
+                return json.load(f)
+        obj = compute()
+        self.write_json(name, obj)
+        return json.loads(json.dumps(obj))
+
     def close(self) -> None:
         if self.enabled:
             self._jsonl.close()

@@ -16,7 +16,6 @@ re-running the same command resumes):
 """
 
 import functools
-import json
 import logging
 import os
 
@@ -156,11 +155,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
         del params
 
         eval_fn = make_eval_fn(module, files, encoder_cfg, cache, config, mesh)
-        initial_path = os.path.join(workdir, "initial_eval.json")
-        if not os.path.exists(initial_path):
-            writer.write_json("initial_eval.json", eval_fn(state.params))
-        with open(initial_path) as f:
-            initial = json.load(f)
+        initial = writer.json_once("initial_eval.json", lambda: eval_fn(state.params))
 
         step = functools.partial(dpo_step.dpo_train_step, module=module, tx=tx, mask=mask, c=config.dpo)
         put = lambda batch: data_setup.put_batch(batch, mesh)

@@ -17,7 +17,6 @@ its output exists (re-running the same command resumes):
 """
 
 import dataclasses
-import json
 import logging
 import os
 
@@ -35,7 +34,7 @@ from mm_rlhf_jax.rewards.router import RewardContext, RewardRouter, reward_metri
 from mm_rlhf_jax.rollout.strategies import SamplingConfig
 from mm_rlhf_jax.sharding import TRAIN_RULES, make_mesh
 from mm_rlhf_jax.testing import synthetic_reasoning as tasks
-from mm_rlhf_jax.train import checkpoint, data_setup, loop, metrics as metrics_lib, model_factory, rl_common, setup, sft
+from mm_rlhf_jax.train import data_setup, metrics as metrics_lib, model_factory, rl_common, setup, sft
 from mm_rlhf_jax.train.rl_common import PolicyGenerator
 
 
@@ -199,28 +198,11 @@ def run(config: ml_collections.ConfigDict, workdir: str):
         pool = select_prompts(c, workdir, data, sampled, params0, router)
         sampler = CurriculumSampler(pool, p.prompts_per_step, curriculum(c), c.data.seed,
                                     encode=rl_common.prompt_encoder(tok, p.max_prompt_length))
-        ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=c.train.max_checkpoints)
-        state = loop.restore_if_any(ckpt, rl_common.abstract_rl_state(roles, c.seed), sampler)
-        if state is None:
-            state = rl_common.init_rl_state(roles, params0, c.seed)
-        eval_fn = make_eval_fn(c, greedy, data.heldout, router)
-        initial_path = os.path.join(workdir, "initial_eval.json")
-        if not os.path.exists(initial_path):
-            writer.write_json("initial_eval.json", eval_fn(params0))
-        with open(initial_path) as f:
-            initial = json.load(f)
-        # params0 is never donated (the state holds copies), so it serves as the frozen reference.
-        trainer = rl_common.RLTrainer(c, mesh, roles, tok, params0, router,
-                                      sample_log=os.path.join(workdir, "samples.jsonl"))
-        state, final = loop.run_loop(
-            state=state, step_fn=trainer.cycle, data_iter=sampler, put_batch=lambda b: b,
-            total_steps=c.train.steps, checkpointer=ckpt, writer=writer,
-            eval_fn=lambda s: eval_fn(s.actor.params), log_every=c.train.log_every,
-            eval_every=c.train.eval_every, checkpoint_every=c.train.checkpoint_every)
+        final, initial = rl_common.train_cycles(c, workdir, mesh, roles, tok, params0, router, sampler,
+                                                make_eval_fn(c, greedy, data.heldout, router), writer)
     result = {**rl_common.jsonable(final), **{f"initial_{k}": v for k, v in rl_common.jsonable(initial).items()},
               "steps": c.train.steps, "train_prompts": len(pool), "examples": final.get("examples", [])}
     setup.report("ppo", result, writer)
     writer.close()
-    ckpt.close()
     return result
 

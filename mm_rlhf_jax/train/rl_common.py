@@ -17,6 +17,7 @@ randomness is fold_in(state.rng, state.step) and minibatch order is seeded by
 import dataclasses
 import functools
 import json
+import os
 import time
 from typing import Callable, Sequence
 
@@ -38,7 +39,7 @@ from mm_rlhf_jax.rollout.sampler import SampleOutput
 from mm_rlhf_jax.rollout.strategies import SamplingConfig
 from mm_rlhf_jax.sharding import replicated, unbox_values
 from mm_rlhf_jax.sharding.mesh import BATCH_AXES, batch_size_divisor
-from mm_rlhf_jax.train import checkpoint, model_factory, partition, ppo_step, state as state_lib
+from mm_rlhf_jax.train import checkpoint, loop, model_factory, partition, ppo_step, state as state_lib
 from mm_rlhf_jax.train.optim import make_optimizer
 from mm_rlhf_jax.train.sft import sft_block
 
@@ -404,4 +405,29 @@ def reward_summary(batch: RewardBatch) -> dict:
 
 def jsonable(d: dict) -> dict:
     return {k: v for k, v in d.items() if isinstance(v, (int, float, str, bool))}
+
+
+def train_cycles(c: ml_collections.ConfigDict, workdir: str, mesh: Mesh, roles: Roles, tokenizer, params0, env,
+                 sampler, eval_fn: Callable, writer):
+    """The RL run's main phase; returns (final eval, initial eval).
+
+    The state comes from workdir/checkpoints (the prompt sampler is
+    repositioned with it) or starts from params0; the starting policy is
+    evaluated once (initial_eval.json); then c.train.steps rollout + update
+    cycles. params0 is never donated (the state holds copies), so it serves as
+    the frozen reference.
+    """
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=c.train.max_checkpoints)
+    state = loop.restore_if_any(ckpt, abstract_rl_state(roles, c.seed), sampler)
+    if state is None:
+        state = init_rl_state(roles, params0, c.seed)
+    initial = writer.json_once("initial_eval.json", lambda: eval_fn(params0))
+    trainer = RLTrainer(c, mesh, roles, tokenizer, params0, env, sample_log=os.path.join(workdir, "samples.jsonl"))
+    _, final = loop.run_loop(
+        state=state, step_fn=trainer.cycle, data_iter=sampler, put_batch=lambda b: b,
+        total_steps=c.train.steps, checkpointer=ckpt, writer=writer,
+        eval_fn=lambda s: eval_fn(s.actor.params), log_every=c.train.log_every,
+        eval_every=c.train.eval_every, checkpoint_every=c.train.checkpoint_every)
+    ckpt.close()
+    return final, initial
 

@@ -55,10 +55,7 @@ def rm_loss(module, params, batch, rng, c: ml_collections.ConfigDict):
 
 def rm_train_step(state, batch, *, module, tx, mask, c):
     rng = jax.random.fold_in(state.rng, state.step)
-    loss_fn = lambda params, b: rm_loss(module, params, b, rng, c)
-    (_, metrics), grads = state_lib.grad_of_trainable(loss_fn, state.params, mask, batch)
-    state, opt_metrics = state_lib.apply_gradients(state, grads, tx, mask)
-    return state, {**metrics, **opt_metrics}
+    return state_lib.minimize(lambda params, b: rm_loss(module, params, b, rng, c), state, batch, tx, mask)
 
 
 def score_step(params, batch, *, module):

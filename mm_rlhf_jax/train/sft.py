@@ -11,10 +11,8 @@ finished warm start is restored instead of retrained.
 Loss: token-mean NLL over assistant tokens, log-probs from kernels.token_logprobs.
 """
 
-import functools
 import logging
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -22,9 +20,7 @@ from jax.sharding import Mesh
 
 from mm_rlhf_jax.data.tokenize import encode_turns
 from mm_rlhf_jax.losses.logprobs import masked_sum, shifted_token_logprobs
-from mm_rlhf_jax.models import hf
-from mm_rlhf_jax.sharding import replicated, unbox_values
-from mm_rlhf_jax.train import checkpoint, data_setup, loop, metrics as metrics_lib, partition, state as state_lib
+from mm_rlhf_jax.train import data_setup, setup, state as state_lib
 from mm_rlhf_jax.train.optim import make_optimizer
 
 
@@ -89,9 +85,7 @@ def sft_loss(module, params, batch):
 
 
 def sft_train_step(state, batch, *, module, tx, mask):
-    (_, metrics), grads = state_lib.grad_of_trainable(lambda p, b: sft_loss(module, p, b), state.params, mask, batch)
-    state, opt_metrics = state_lib.apply_gradients(state, grads, tx, mask)
-    return state, {**metrics, **opt_metrics}
+    return state_lib.minimize(lambda p, b: sft_loss(module, p, b), state, batch, tx, mask)
 
 
 def optimizer(c: ml_collections.ConfigDict):
@@ -105,28 +99,8 @@ def optimizer(c: ml_collections.ConfigDict):
 def run_sft(directory: str, module, params, arrays: dict[str, np.ndarray], c: ml_collections.ConfigDict,
             mesh: Mesh, rules, *, trainable=(".*",), eval_fn=None):
     """Trains `params` for c.steps (resuming from directory/checkpoints); returns (params, final eval)."""
-    tx = optimizer(c)
-    abstract = hf.abstract_params(module)
-    mask = partition.trainable_mask(unbox_values(abstract), trainable)
-    shardings = state_lib.state_shardings(abstract, mesh, rules, tx, mask)
     data_iter = ArrayBatches(arrays, data_setup.per_host_batch(c.batch_size, mesh), c.seed)
-    ckpt = checkpoint.Checkpointer(f"{directory}/checkpoints", max_to_keep=1)
-    abstract_state = jax.eval_shape(
-        lambda p: state_lib.create_state(p, tx, mask, jax.random.PRNGKey(0), shardings), unbox_values(abstract))
-    state = loop.restore_if_any(ckpt, checkpoint.abstract_like(abstract_state, shardings), data_iter)
-    if state is None:
-        logging.info("SFT warm start: %d demonstrations, %d steps -> %s", data_iter.n, c.steps, directory)
-        state = state_lib.create_state(params, tx, mask, jax.random.PRNGKey(c.seed), shardings)
-    batch_sh = data_setup.batch_shardings(next(ArrayBatches(arrays, 1, 0)), mesh)
-    step = jax.jit(functools.partial(sft_train_step, module=module, tx=tx, mask=mask),
-                   in_shardings=(shardings, batch_sh), out_shardings=(shardings, replicated(mesh)),
-                   donate_argnames=("state",))
-    writer = metrics_lib.MetricWriter(directory)
-    state, final = loop.run_loop(
-        state=state, step_fn=step, data_iter=data_iter, put_batch=lambda b: data_setup.put_batch(b, mesh),
-        total_steps=c.steps, checkpointer=ckpt, writer=writer, log_every=c.log_every,
-        eval_fn=None if eval_fn is None else (lambda s: eval_fn(s.params)),
-        checkpoint_every=max(c.steps // 4, 1))
-    writer.close()
-    ckpt.close()
-    return state.params, final
+    logging.info("SFT warm start: %d demonstrations, %d steps -> %s", data_iter.n, c.steps, directory)
+    return setup.run_phase(directory, module, params, sft_train_step, data_iter, optimizer(c), trainable=trainable,
+                           mesh=mesh, rules=rules, steps=c.steps, seed=c.seed, log_every=c.log_every,
+                           checkpoint_every=max(c.steps // 4, 1), eval_fn=eval_fn)

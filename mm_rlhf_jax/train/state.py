@@ -68,3 +68,10 @@ def grad_of_trainable(loss_fn: Callable, params, mask, *args):
     trainable, frozen = partition.split(params, mask)
     fn = lambda t: loss_fn(partition.merge(t, frozen), *args)
     return jax.value_and_grad(fn, has_aux=True)(trainable)
+
+
+def minimize(loss_fn: Callable, state: TrainState, batch, tx: optax.GradientTransformation, mask):
+    """One step on loss_fn(params, batch) -> (loss, metrics): the new state and metrics + grad/param norms."""
+    (_, metrics), grads = grad_of_trainable(loss_fn, state.params, mask, batch)
+    state, opt_metrics = apply_gradients(state, grads, tx, mask)
+    return state, {**metrics, **opt_metrics}

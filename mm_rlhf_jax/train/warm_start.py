@@ -18,21 +18,14 @@ rejected sequence is never run).
 """
 
 import collections
-import functools
 import logging
-import os
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 
 from mm_rlhf_jax.data import pipeline
 from mm_rlhf_jax.data.sources import RecordPairSource
-from mm_rlhf_jax.models import hf
-from mm_rlhf_jax.sharding import replicated, unbox_values
-from mm_rlhf_jax.train import (checkpoint, data_setup, forward, loop, metrics as metrics_lib, model_factory, partition,
-                               reference_cache)
-from mm_rlhf_jax.train import state as state_lib
+from mm_rlhf_jax.train import data_setup, forward, model_factory, reference_cache, setup, state as state_lib
 from mm_rlhf_jax.train.optim import make_optimizer
 
 # Batch keys with the pair axis (see data.batch); the warm start keeps index 0 (chosen).
@@ -81,10 +74,7 @@ def sft_terms(module, params, batch):
 
 
 def sft_step(state, batch, *, module, tx, mask):
-    (_, metrics), grads = state_lib.grad_of_trainable(lambda p, b: sft_terms(module, p, b), state.params, mask,
-                                                      batch)
-    state, opt_metrics = state_lib.apply_gradients(state, grads, tx, mask)
-    return state, {**metrics, **opt_metrics}
+    return state_lib.minimize(lambda p, b: sft_terms(module, p, b), state, batch, tx, mask)
 
 
 def run_warm_start(directory: str, config: ml_collections.ConfigDict, module, params, source, encoder_cfg,
@@ -95,32 +85,16 @@ def run_warm_start(directory: str, config: ml_collections.ConfigDict, module, pa
 
     tx = make_optimizer(optim_block(name="adam", lr=c.lr, warmup_ratio=c.warmup_ratio, final_lr_ratio=0.05,
                                     b2=c.b2, grad_clip=config.optim.grad_clip), c.steps)
-    abstract = hf.abstract_params(module)
-    mask = partition.trainable_mask(unbox_values(abstract), model_factory.TRAINABLE.get(config.model.trainable))
-    shardings = state_lib.state_shardings(abstract, mesh, rules, tx, mask)
     best = best_responses(source)
     batch_size = data_setup.per_host_batch(c.batch_size or config.data.batch_size, mesh)
     data_iter = pipeline.make_iterator(best, encoder_cfg, pipeline.PipelineConfig(
         batch_size=batch_size, seed=config.data.seed + 1, num_epochs=None, num_workers=config.data.num_workers))
-    ckpt = checkpoint.Checkpointer(os.path.join(directory, "checkpoints"), max_to_keep=1)
-    abstract_state = jax.eval_shape(
-        lambda p: state_lib.create_state(p, tx, mask, jax.random.PRNGKey(0), shardings), unbox_values(abstract))
-    state = loop.restore_if_any(ckpt, checkpoint.abstract_like(abstract_state, shardings), data_iter)
-    if state is None:
-        logging.info("warm start: %d best responses, %d steps -> %s", len(best), c.steps, directory)
-        state = state_lib.create_state(params, tx, mask, jax.random.PRNGKey(config.seed + 2), shardings)
-    del params
-    step = jax.jit(functools.partial(sft_step, module=module, tx=tx, mask=mask),
-                   out_shardings=(shardings, replicated(mesh)), donate_argnames=("state",))
-    writer = metrics_lib.MetricWriter(directory)
-    state, _ = loop.run_loop(
-        state=state, step_fn=step, data_iter=data_iter, put_batch=lambda b: data_setup.put_batch(b, mesh),
-        total_steps=c.steps, checkpointer=ckpt, writer=writer, log_every=config.train.log_every,
-        checkpoint_every=max(c.steps // 4, 1))
-    writer.close()
-    ckpt.close()
-    return state.params
-
+    logging.info("warm start: %d best responses, %d steps -> %s", len(best), c.steps, directory)
+    params, _ = setup.run_phase(directory, module, params, sft_step, data_iter, tx,
+                                trainable=model_factory.TRAINABLE.get(config.model.trainable), mesh=mesh, rules=rules,
+                                steps=c.steps, seed=config.seed + 2, log_every=config.train.log_every,
+                                checkpoint_every=max(c.steps // 4, 1))
+    return params
 
 def identity(config: ml_collections.ConfigDict, train_file: str) -> dict:
     """What the warm start adds to the reference identity (the reference cache key).

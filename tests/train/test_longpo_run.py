@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mm_rlhf_jax.data.longpo import prompts
-from mm_rlhf_jax.train import longpo
+from mm_rlhf_jax.train import longpo, sft
 
 _spec = importlib.util.spec_from_file_location(
     "longpo_config", os.path.join(os.path.dirname(__file__), "..", "..", "configs", "longpo.py"))
@@ -57,9 +57,9 @@ def test_round_helpers():
     s, ref = list(range(10)), np.arange(20).reshape(10, 2)
     tr, tr_ref, held, held_ref = longpo.split_heldout(s, ref, 0.2)
     assert tr == list(range(8)) and held == [8, 9] and held_ref.tolist() == [[16, 17], [18, 19]]
-    it = longpo.IndexBatches({"x": np.arange(50)}, 4, seed=1)
+    it = sft.ArrayBatches({"x": np.arange(50)}, 4, seed=1)
     first = [next(it)["x"].tolist() for _ in range(3)]
-    it2 = longpo.IndexBatches({"x": np.arange(50)}, 4, seed=1)
+    it2 = sft.ArrayBatches({"x": np.arange(50)}, 4, seed=1)
     it2.set_state({"index": 2})
     assert next(it2)["x"].tolist() == first[2] and it.get_state() == {"index": 3}
     assert longpo.QUERY_PROMPTS.get("released") == prompts.QUERY_PROMPT
