@@ -51,3 +51,19 @@ def preference_pairs(pairs: Iterable[PairRecord]) -> list[PairRecord]:
 
 def tie_pairs(pairs: Iterable[PairRecord]) -> list[PairRecord]:
     return [p for p in pairs if p.is_tie]
+
+
+def response_ranks(pairs: Iterable[PairRecord]) -> dict[tuple[str, str], int]:
+    """(query id, response text) -> rank recovered from pair records: how many responses beat it.
+
+    Competition ranking, 0 = best: tied responses share a rank and the next one
+    skips (A = B > C gives 0, 0, 2). A response that never appears as `rejected`
+    in a non-tie pair has rank 0.
+    """
+    beaten_by: dict[tuple[str, str], set[str]] = {}
+    for p in pairs:
+        beaten_by.setdefault((p.id, p.chosen), set())
+        beaten_by.setdefault((p.id, p.rejected), set())
+        if not p.is_tie:
+            beaten_by[(p.id, p.rejected)].add(p.chosen)
+    return {k: len(v) for k, v in beaten_by.items()}

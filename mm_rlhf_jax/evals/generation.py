@@ -70,3 +70,13 @@ def generate_texts(generate, params, encoded: list[dict], tokenizer, *, batch_si
 def answer_accuracy(texts: Sequence[str], queries, checker: str) -> float:
     check = ANSWER_CHECKERS.get(checker)
     return float(np.mean([check(t, q) for t, q in zip(texts, queries)]))
+
+
+def answer_accuracy_by_category(texts: Sequence[str], queries, checker: str) -> dict[str, float]:
+    """{query category: answer_accuracy of its queries} (sorted keys)."""
+    by = {}
+    for t, q in zip(texts, queries):
+        by.setdefault(q.category, ([], []))
+        by[q.category][0].append(t)
+        by[q.category][1].append(q)
+    return {cat: answer_accuracy(*by[cat], checker) for cat in sorted(by)}

@@ -32,7 +32,7 @@ from mm_rlhf_jax.data.sources import JsonlPairSource
 from mm_rlhf_jax.data.tokenizer import cached_tokenizer, special_ids
 from mm_rlhf_jax.data.validation import load_queries
 from mm_rlhf_jax.evals import generation
-from mm_rlhf_jax.evals.preference import implicit_reward_accuracy
+from mm_rlhf_jax.evals.preference import accuracy_by, implicit_reward_accuracy, pair_groups
 from mm_rlhf_jax.models import hf
 from mm_rlhf_jax.sharding import TRAIN_RULES, make_mesh, replicated
 from mm_rlhf_jax.train import (checkpoint, data_setup, dpo_step, loop, metrics as metrics_lib, model_factory,
@@ -81,6 +81,7 @@ def make_eval_fn(module, files, encoder_cfg, cache, c: ml_collections.ConfigDict
     """eval_fn(params) -> flat metrics: held-out implicit-reward accuracy (+ greedy answer accuracy)."""
     heldout = JsonlPairSource(files.heldout_pairs, include_ties=False, media_root=files.media_root)
     batches = list(data_setup.padded_batches(heldout, encoder_cfg, c.data.eval_batch_size))
+    groups = pair_groups(heldout.records)
     logps_fn = jax.jit(functools.partial(dpo_step.policy_logps_step, module=module))
     gen = None
     if c.eval.generation and files.heldout_queries:
@@ -103,12 +104,16 @@ def make_eval_fn(module, files, encoder_cfg, cache, c: ml_collections.ConfigDict
         chosen, rejected = np.concatenate(chosen), np.concatenate(rejected)
         out = {"preference_accuracy": implicit_reward_accuracy(chosen, rejected),
                "reward_margin": float(np.mean(c.dpo.beta * (chosen - rejected))),
-               "num_heldout_pairs": int(len(chosen))}
+               "num_heldout_pairs": int(len(chosen)),
+               # nested dicts stay out of TensorBoard and the one-line summary; metrics.jsonl keeps them
+               "preference_accuracy_by": {k: accuracy_by(g, chosen, rejected) for k, g in groups.items()}}
         if gen is not None:
             queries, encoded, tok, generate = gen
             texts = generation.generate_texts(generate, params, encoded, tok, batch_size=c.data.eval_batch_size,
                                               put=lambda b: data_setup.put_batch(b, mesh))
             out["greedy_accuracy"] = generation.answer_accuracy(texts, queries, c.eval.answer_checker)
+            out["greedy_accuracy_by_category"] = generation.answer_accuracy_by_category(
+                texts, queries, c.eval.answer_checker)
             out["greedy_examples"] = [{"prompt": q.prompt, "answer": t} for q, t in zip(queries[:4], texts[:4])]
         return out
 

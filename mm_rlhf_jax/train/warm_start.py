@@ -14,16 +14,19 @@ re-run restores a finished warm start instead of retraining it.
 
 Loss: token-mean NLL over the response tokens of the best responses (the
 chosen sequence only: the pair axis is cut to its first entry, so the
-rejected sequence is never run).
+rejected sequence is never run). `warm_start.top_k = 2` fits the two
+best-ranked responses of each query instead: the reference then gives both
+answer styles real probability, so DPO's implicit reward can separate them
+(with top_k = 1 the second-best answer starts far below the reference's
+favourite and every pair that prefers it lifts its log-ratio above the best's).
 """
 
-import collections
 import logging
 
 import jax.numpy as jnp
 import ml_collections
 
-from mm_rlhf_jax.data import pipeline
+from mm_rlhf_jax.data import pairs as pairs_lib, pipeline
 from mm_rlhf_jax.data.sources import RecordPairSource
 from mm_rlhf_jax.train import data_setup, forward, model_factory, reference_cache, setup, state as state_lib
 from mm_rlhf_jax.train.optim import make_optimizer
@@ -39,29 +42,29 @@ def warm_start_block(**overrides) -> ml_collections.ConfigDict:
         warmup_ratio=0.05,
         b2=0.98,  # Adam b2: 0.999 adapts too slowly for a few hundred steps
         batch_size=0,  # 0 = data.batch_size
+        top_k=1,  # fit the responses ranked in the top k of their query (1 = the best; ties share a rank)
     )
     d.update(overrides)
     return ml_collections.ConfigDict(d)
 
 
-def best_responses(source) -> RecordPairSource:
-    """One element per (query, top-ranked response): pairs whose chosen is never rejected for that query.
+def best_responses(source, top_k: int = 1) -> RecordPairSource:
+    """One element per (query, response ranked in the top k): responses beaten by fewer than k others.
 
-    Tied best responses (both rank 0) are both kept; their tie pair is absent
-    from DPO data, so neither appears as a rejected response.
+    Ranks are data.pairs.response_ranks (competition ranking), so tied best
+    responses (both rank 0; their tie pair is absent from DPO data) are both kept.
     """
-    records = source.records
-    rejected = collections.defaultdict(set)
-    for r in records:
-        rejected[r.id].add(r.rejected)
+    if top_k < 1:
+        raise ValueError(f"warm_start.top_k must be >= 1, got {top_k}")
+    ranks = pairs_lib.response_ranks(source.records)
     seen, keep = set(), []
-    for r in records:
-        if r.chosen in rejected[r.id] or (r.id, r.chosen) in seen:
+    for r in source.records:
+        if ranks[(r.id, r.chosen)] >= top_k or (r.id, r.chosen) in seen:
             continue
         seen.add((r.id, r.chosen))
         keep.append(r)
     if not keep:
-        raise ValueError(f"{source!r}: no best-ranked responses found (every chosen is also rejected somewhere)")
+        raise ValueError(f"{source!r}: no responses ranked in the top {top_k} found")
     return RecordPairSource(keep, source.media_root)
 
 
@@ -85,7 +88,7 @@ def run_warm_start(directory: str, config: ml_collections.ConfigDict, module, pa
 
     tx = make_optimizer(optim_block(name="adam", lr=c.lr, warmup_ratio=c.warmup_ratio, final_lr_ratio=0.05,
                                     b2=c.b2, grad_clip=config.optim.grad_clip), c.steps)
-    best = best_responses(source)
+    best = best_responses(source, c.top_k)
     batch_size = data_setup.per_host_batch(c.batch_size or config.data.batch_size, mesh)
     data_iter = pipeline.make_iterator(best, encoder_cfg, pipeline.PipelineConfig(
         batch_size=batch_size, seed=config.data.seed + 1, num_epochs=None, num_workers=config.data.num_workers))
@@ -95,6 +98,7 @@ def run_warm_start(directory: str, config: ml_collections.ConfigDict, module, pa
                                 steps=c.steps, seed=config.seed + 2, log_every=config.train.log_every,
                                 checkpoint_every=max(c.steps // 4, 1))
     return params
+
 
 def identity(config: ml_collections.ConfigDict, train_file: str) -> dict:
     """What the warm start adds to the reference identity (the reference cache key).
