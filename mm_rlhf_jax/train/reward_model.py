@@ -24,6 +24,7 @@ from mm_rlhf_jax.data import pipeline
 from mm_rlhf_jax.data.sources import JsonlPairSource
 from mm_rlhf_jax.data.tokenizer import cached_tokenizer
 from mm_rlhf_jax.data.validation import load_pairs, read_jsonl, write_jsonl
+from mm_rlhf_jax.evals.preference import accuracy_by, pair_groups
 from mm_rlhf_jax.evals.rewardbench import rewardbench_metrics
 from mm_rlhf_jax.models import hf
 from mm_rlhf_jax.models.heads import ModelWithHeads, RewardHead
@@ -94,6 +95,7 @@ def make_eval_fn(inference: rm_inference.RewardModelInference, files, config):
     heldout = source.records
     query_ids = [source[i]["query_id"] for i in range(len(source))]
     cats = category_names(heldout)
+    ranks = pair_groups(heldout)["ranks"]  # "0v1" = best vs second-best, ...
     critique = config.reward.mode == "critique"
 
     def eval_fn(params):
@@ -105,6 +107,7 @@ def make_eval_fn(inference: rm_inference.RewardModelInference, files, config):
                                                                                 gt[:, 1]).items()})
             out["critique_examples"] = [{"answer": g.chosen, "critique": g.chosen_reason} for g in generated[:3]]
         out.update(rewardbench_metrics(query_ids, cats, rewards[:, 0], rewards[:, 1]))
+        out["acc_by_ranks"] = accuracy_by(ranks, rewards[:, 0], rewards[:, 1])  # nested: eval.json only
         return out
 
     return eval_fn

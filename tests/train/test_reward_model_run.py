@@ -95,3 +95,15 @@ def test_run_writes_eval_and_scores(tmp_path, devices8, mode):
     expected = expected_metrics(scored)
     for k, v in expected.items():
         assert saved[k] == pytest.approx(v), k
+    # Per rank pair, ranks from the annotation scores (how many responses of the query score higher).
+    queries = {q["id"]: q for _, q in read_jsonl(os.path.join(workdir, "data", "heldout", "data.jsonl"))}
+
+    def rank(qid, text):
+        totals = {r["text"]: sum(r["scores"].values()) for r in queries[qid]["responses"]}
+        return sum(t > totals[text] for t in totals.values())
+
+    by_ranks = {}
+    for r in scored:
+        by_ranks.setdefault(f"{rank(r['id'], r['chosen'])}v{rank(r['id'], r['rejected'])}", []).append(
+            r["chosen_reward"] > r["rejected_reward"])
+    assert saved["acc_by_ranks"] == pytest.approx({k: np.mean(v) for k, v in by_ranks.items()})
