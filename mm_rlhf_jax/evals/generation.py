@@ -67,16 +67,13 @@ def generate_texts(generate, params, encoded: list[dict], tokenizer, *, batch_si
     return texts
 
 
-def answer_accuracy(texts: Sequence[str], queries, checker: str) -> float:
+def answer_correct(texts: Sequence[str], queries, checker: str) -> np.ndarray:
+    """bool[N]: whether each generated text answers its query right (ANSWER_CHECKERS[checker])."""
     check = ANSWER_CHECKERS.get(checker)
-    return float(np.mean([check(t, q) for t, q in zip(texts, queries)]))
+    return np.asarray([bool(check(t, q)) for t, q in zip(texts, queries)], bool)
 
 
-def answer_accuracy_by_category(texts: Sequence[str], queries, checker: str) -> dict[str, float]:
-    """{query category: answer_accuracy of its queries} (sorted keys)."""
-    by = {}
-    for t, q in zip(texts, queries):
-        by.setdefault(q.category, ([], []))
-        by[q.category][0].append(t)
-        by[q.category][1].append(q)
-    return {cat: answer_accuracy(*by[cat], checker) for cat in sorted(by)}
+def accuracy_by_category(correct, queries) -> dict[str, float]:
+    """{query category: mean of `correct` over its queries} (sorted keys)."""
+    correct, cats = np.asarray(correct, bool), np.asarray([q.category for q in queries], object)
+    return {str(cat): float(correct[cats == cat].mean()) for cat in sorted(set(cats.tolist()))}

@@ -26,9 +26,11 @@ def accuracy_by(groups, chosen_rewards, rejected_rewards) -> dict[str, float]:
 def pair_groups(pairs) -> dict[str, list[str]]:
     """Two groupings of pair records for accuracy_by: by category, and by (chosen rank, rejected rank).
 
+    Categories are PairRecord.resolved_category (the field, else the keyword in
+    the media path, as MM-RLHF's released pair files have no category field).
     The rank grouping (e.g. "0v1": best vs second) shows which distinctions a
     policy has learnt; ranks come from the pairs themselves (data.pairs.response_ranks).
     """
     ranks = response_ranks(pairs)
-    return {"category": [p.category or "none" for p in pairs],
+    return {"category": [p.resolved_category() or "unknown" for p in pairs],
             "ranks": [f"{ranks[(p.id, p.chosen)]}v{ranks[(p.id, p.rejected)]}" for p in pairs]}

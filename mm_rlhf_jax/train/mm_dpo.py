@@ -77,9 +77,11 @@ def fill_reference_cache(cache, logps_fn, params_fn, sources, encoder_cfg, batch
         logging.info("cached reference log-probs for %d pairs", added)
 
 
-def make_eval_fn(module, files, encoder_cfg, cache, c: ml_collections.ConfigDict, mesh):
-    """eval_fn(params) -> flat metrics: held-out implicit-reward accuracy (+ greedy answer accuracy)."""
-    heldout = JsonlPairSource(files.heldout_pairs, include_ties=False, media_root=files.media_root)
+def make_eval_fn(module, files, heldout, encoder_cfg, cache, c: ml_collections.ConfigDict, mesh):
+    """eval_fn(params) -> flat metrics: held-out implicit-reward accuracy (+ greedy answer accuracy).
+
+    heldout: the held-out non-tie pairs (a pair source).
+    """
     batches = list(data_setup.padded_batches(heldout, encoder_cfg, c.data.eval_batch_size))
     groups = pair_groups(heldout.records)
     logps_fn = jax.jit(functools.partial(dpo_step.policy_logps_step, module=module))
@@ -111,9 +113,9 @@ def make_eval_fn(module, files, encoder_cfg, cache, c: ml_collections.ConfigDict
             queries, encoded, tok, generate = gen
             texts = generation.generate_texts(generate, params, encoded, tok, batch_size=c.data.eval_batch_size,
                                               put=lambda b: data_setup.put_batch(b, mesh))
-            out["greedy_accuracy"] = generation.answer_accuracy(texts, queries, c.eval.answer_checker)
-            out["greedy_accuracy_by_category"] = generation.answer_accuracy_by_category(
-                texts, queries, c.eval.answer_checker)
+            correct = generation.answer_correct(texts, queries, c.eval.answer_checker)
+            out["greedy_accuracy"] = float(np.mean(correct))
+            out["greedy_accuracy_by_category"] = generation.accuracy_by_category(correct, queries)
             out["greedy_examples"] = [{"prompt": q.prompt, "answer": t} for q, t in zip(queries[:4], texts[:4])]
         return out
 
@@ -159,7 +161,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
             config, hf.abstract_params(module), lambda: params, mesh, rules, ckpt, data_iter)
         del params
 
-        eval_fn = make_eval_fn(module, files, encoder_cfg, cache, config, mesh)
+        eval_fn = make_eval_fn(module, files, heldout_src, encoder_cfg, cache, config, mesh)
         initial = writer.json_once("initial_eval.json", lambda: eval_fn(state.params))
 
         step = functools.partial(dpo_step.dpo_train_step, module=module, tx=tx, mask=mask, c=config.dpo)

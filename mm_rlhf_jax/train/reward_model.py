@@ -74,10 +74,6 @@ def make_warm_start_fn(config, module: ModelWithHeads, files, train_src, workdir
                                                           encoder_cfg, mesh, rules)
 
 
-def category_names(records):
-    return [r.resolved_category() or "unknown" for r in records]
-
-
 def make_inference(module, files, encoder_cfg, config, mesh) -> rm_inference.RewardModelInference:
     return rm_inference.RewardModelInference(
         module, encoder_cfg, cached_tokenizer(files.tokenizer), max_new_tokens=config.reward.max_critique_tokens,
@@ -94,8 +90,8 @@ def make_eval_fn(inference: rm_inference.RewardModelInference, files, config):
     source = JsonlPairSource(files.heldout_pairs, include_ties=False, media_root=files.media_root)
     heldout = source.records
     query_ids = [source[i]["query_id"] for i in range(len(source))]
-    cats = category_names(heldout)
-    ranks = pair_groups(heldout)["ranks"]  # "0v1" = best vs second-best, ...
+    groups = pair_groups(heldout)
+    cats, ranks = groups["category"], groups["ranks"]  # ranks: "0v1" = best vs second-best, ...
     critique = config.reward.mode == "critique"
 
     def eval_fn(params):

@@ -56,9 +56,10 @@ def best_responses(source, top_k: int = 1) -> RecordPairSource:
     """
     if top_k < 1:
         raise ValueError(f"warm_start.top_k must be >= 1, got {top_k}")
-    ranks = pairs_lib.response_ranks(source.records)
+    records = source.records  # a copy per access
+    ranks = pairs_lib.response_ranks(records)
     seen, keep = set(), []
-    for r in source.records:
+    for r in records:
         if ranks[(r.id, r.chosen)] >= top_k or (r.id, r.chosen) in seen:
             continue
         seen.add((r.id, r.chosen))

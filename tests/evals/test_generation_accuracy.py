@@ -17,6 +17,7 @@ def test_accuracy_by_category_hand_counted():
     right = [f"It is {S.ground_truth(queries[0])}.", f"{S.ground_truth(queries[1])}.", "Sorry, I cannot help.",
              "(Z) none."]  # the last is wrong: no option letter
     assert [q.category for q in queries] == ["short", "short", "safety", "mcq"]
-    got = generation.answer_accuracy_by_category(right, queries, "synthetic")
-    assert got == {"mcq": 0.0, "safety": 1.0, "short": 1.0}
-    assert generation.answer_accuracy(right, queries, "synthetic") == pytest.approx(0.75)
+    correct = generation.answer_correct(right, queries, "synthetic")
+    assert correct.tolist() == [True, True, True, False]
+    assert generation.accuracy_by_category(correct, queries) == {"mcq": 0.0, "safety": 1.0, "short": 1.0}
+    assert generation.accuracy_by_category([True, False, True, True], queries)["short"] == pytest.approx(0.5)

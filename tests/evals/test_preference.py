@@ -22,6 +22,9 @@ def test_pair_groups_by_category_and_rank():
     pairs = [PairRecord(id="q", prompt="p", chosen=c, rejected=r, category="short")
              for c, r in (("x", "y"), ("x", "z"), ("y", "z"))]
     pairs.append(PairRecord(id="v", prompt="p", chosen="m", rejected="n", category="video"))
+    # released MM-RLHF pairs have no category field: it comes from the media path, else "unknown"
+    pairs.append(PairRecord(id="w", prompt="p", chosen="m", rejected="n", image="mcq/0001.png"))
+    pairs.append(PairRecord(id="u", prompt="p", chosen="m", rejected="n", image="img/0002.png"))
     g = pair_groups(pairs)
-    assert g["category"] == ["short", "short", "short", "video"]
-    assert g["ranks"] == ["0v1", "0v2", "1v2", "0v1"]
+    assert g["category"] == ["short", "short", "short", "video", "mcq", "unknown"]
+    assert g["ranks"] == ["0v1", "0v2", "1v2", "0v1", "0v1", "0v1"]
