@@ -3,6 +3,8 @@
 Tiny (CPU, bundled synthetic data, random init + a 200-step supervised warm start of the trunk):
     python -m mm_rlhf_jax.main --config configs/reward_model.py:tiny --workdir runs/rm
     python -m mm_rlhf_jax.main --config configs/reward_model.py:tiny --workdir runs/rm_scalar --config.reward.mode=scalar
+Synthetic-data variants (bench/RESULTS.md "Session 10"): --config.data.synthetic_hard_negatives=True,
+--config.data.synthetic_critiques=evidence_first.
 Score pairs for MM-DPO (writes delta next to each record):
     python -m mm_rlhf_jax.main --config configs/reward_model.py:tiny --workdir runs/rm \\
       --config.score.input=runs/quickstart/data/train/dpo_pairs.jsonl

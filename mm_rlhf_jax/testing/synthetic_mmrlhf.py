@@ -9,7 +9,8 @@ looks at the pixels can rank the responses: four per query, helpful-correct >
 terse-correct > wrong > irrelevant (safety: reasoned refusal > terse refusal >
 partial help > full help), with per-dimension scores consistent with that
 order, written critiques that say what the image shows (the reward model's
-teacher critiques), and some ties.
+teacher critiques), and some ties. Optionally (`train_hard_negatives`) training
+queries get a fifth response, the wrong answer in terse form.
 
 Layout written by `write_dataset(out_dir)`, one self-contained folder per split::
 
@@ -25,6 +26,7 @@ score gap, (total(chosen) - total(rejected)) / 3. `ground_truth(query)` and
 import dataclasses
 import os
 import re
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -55,6 +57,12 @@ class SyntheticConfig:
     seed: int = 0
     tie_top_prob: float = 0.15  # helpful and terse answers judged equally good
     tie_bottom_prob: float = 0.10  # wrong and irrelevant answers judged equally bad
+    # Give each visual training query a fifth response, its terse wrong answer ("blue."), tied
+    # with the wrong one. Held-out splits never get it (their pairs stay comparable across
+    # settings). It doubles the critiques that name a wrong answer, so a critic that writes
+    # what the image shows instead of what the answer says is wrong half the time, not a third.
+    train_hard_negatives: bool = False
+    critique_style: str = "answer_first"  # teacher critique wording: synthetic_tasks.CRITIQUE_STYLES
     video_frames: int = 12
     video_size: tuple[int, int] = (32, 64)
     task_weights: tuple[tuple[str, float], ...] = (
@@ -122,8 +130,15 @@ def _scene(task: str, rng: np.random.Generator, size, cfg: SyntheticConfig):
     raise ValueError(f"unknown synthetic task {task!r}; known: {sorted(TASK_CATEGORY)}")
 
 
-def make_query(rng: np.random.Generator, qid: str, task: str, cfg: SyntheticConfig):
-    """(QueryRecord with media paths images/<qid>.png or videos/<qid>, media array)."""
+def make_query(rng: np.random.Generator, qid: str, task: str, cfg: SyntheticConfig, *,
+               hard_negative: bool = False):
+    """(QueryRecord with media paths images/<qid>.png or videos/<qid>, media array).
+
+    hard_negative: add the visual task's terse wrong answer as a fifth response,
+    tied with the wrong answer. It draws nothing from `rng` (its slot comes from a
+    generator seeded by (cfg.seed, qid)), so every other record of the split, and
+    the splits after it, stay as they are without it.
+    """
     size = IMAGE_SIZES[int(rng.integers(len(IMAGE_SIZES)))]
     texts, media = _scene(task, rng, size, cfg)
     scores = [list(s) for s in texts.scores]
@@ -134,9 +149,21 @@ def make_query(rng: np.random.Generator, qid: str, task: str, cfg: SyntheticConf
         scores[2], ties[2] = list(scores[3]), True
     # Store the responses in a random order so the ranking is not the identity.
     order = [int(i) for i in rng.permutation(4)]  # order[k] = which best-first response sits at slot k
-    responses = tuple(Response(text=texts.responses[b], reason=texts.reasons[b],
-                               scores=dict(zip(DIMENSIONS, scores[b]))) for b in order)
-    ranking = tuple(order.index(b) for b in range(4))
+    critiques, terse_wrong_critique = texts.critiques(cfg.critique_style)
+    answers, reasons = list(texts.responses), list(critiques)
+    if hard_negative and texts.terse_wrong is not None:
+        # Best-first becomes (helpful, terse, wrong, terse wrong, irrelevant); the terse wrong
+        # answer is as bad as the wrong one (same scores, tied), so the irrelevant one stays last.
+        answers.insert(3, texts.terse_wrong[0])
+        reasons.insert(3, terse_wrong_critique)
+        scores.insert(3, list(scores[2]))
+        ties = ties[:2] + [True] + ties[2:]
+        order = [b if b < 3 else 4 for b in order]
+        side = np.random.default_rng([cfg.seed, zlib.crc32(qid.encode())])
+        order.insert(int(side.integers(len(order) + 1)), 3)
+    responses = tuple(Response(text=answers[b], reason=reasons[b], scores=dict(zip(DIMENSIONS, scores[b])))
+                      for b in order)
+    ranking = tuple(order.index(b) for b in range(len(order)))
     video = task == "motion"
     meta = {"task": task, "answer": texts.answer}
     rec = QueryRecord(
@@ -152,14 +179,16 @@ def _with_delta(pair: PairRecord, query: QueryRecord) -> PairRecord:
     return dataclasses.replace(pair, delta=gap / len(DIMENSIONS))
 
 
-def write_split(split_dir: str, n: int, rng: np.random.Generator, prefix: str, cfg: SyntheticConfig):
-    """Write one split; returns its query records."""
+def write_split(split_dir: str, n: int, rng: np.random.Generator, prefix: str, cfg: SyntheticConfig, *,
+                hard_negatives: bool = False):
+    """Write one split; returns its query records (hard_negatives: see `make_query`)."""
     tasks, weights = zip(*cfg.task_weights)
     p = np.asarray(weights, np.float64) / sum(weights)
     queries, pairs = [], []
     for i in range(n):
         qid = f"{prefix}-{i:05d}"
-        query, media = make_query(rng, qid, str(tasks[int(rng.choice(len(tasks), p=p))]), cfg)
+        task = str(tasks[int(rng.choice(len(tasks), p=p))])
+        query, media = make_query(rng, qid, task, cfg, hard_negative=hard_negatives)
         if query.video is not None:
             folder = os.path.join(split_dir, query.video)
             os.makedirs(folder, exist_ok=True)
@@ -182,7 +211,7 @@ def write_dataset(out_dir: str, cfg: SyntheticConfig = SyntheticConfig()) -> dic
     out = {}
     for split, n in zip(SPLITS, (cfg.num_train, cfg.num_heldout)):
         out[split] = os.path.join(out_dir, split)
-        write_split(out[split], n, rng, split, cfg)
+        write_split(out[split], n, rng, split, cfg, hard_negatives=cfg.train_hard_negatives and split == "train")
     return out
 
 

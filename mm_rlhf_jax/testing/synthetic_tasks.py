@@ -7,6 +7,14 @@ wrong > irrelevant; for safety: reasoned refusal > terse refusal > partial help 
 full help) with their per-dimension scores and short written critiques that
 state what the image shows. `corpus()` enumerates every parameter combination,
 so the tiny tokenizer built from it covers every word the generator can write.
+
+Visual tasks also carry a `terse_wrong` answer (the wrong answer's short form, e.g.
+"blue.") with its critique, used as an extra hard negative when the data maker
+is asked for one (`SyntheticConfig.train_hard_negatives`), and the image `fact`
+that the "evidence_first" critique wording opens with (`Texts.critiques`). Their
+words all occur in the other texts, so they are left out of `corpus()`: the
+tokenizer's word counts, and so its token ids, stay the same whether or not they
+are used (the tests check that they tokenize without unknown tokens).
 """
 
 import dataclasses
@@ -26,6 +34,13 @@ REFUSAL_WORDS = ("Sorry", "cannot")
 SCORES_VISUAL = ((5, 5, 5), (4, 5, 5), (2, 1, 5), (1, 1, 5))
 SCORES_SAFETY = ((5, 5, 5), (4, 5, 5), (2, 3, 2), (1, 3, 1))
 IRRELEVANT_REASON = "The answer does not address the question about the image."
+# How the teacher critiques of visual answers are worded. "answer_first" restates the answer, then
+# what the image shows, then the verdict ("The answer says blue but the square in the image is
+# green, so it is wrong."). "evidence_first" states what the image shows, then the verdict ("The
+# square in the image is green, so the answer is wrong."): a critic generating it reads the image
+# first and judges the answer against a word it has just written, instead of having to copy the
+# answer and compare it with the image in the one token after it ("and" / "but").
+CRITIQUE_STYLES = ("answer_first", "evidence_first")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +50,19 @@ class Texts:
     responses: tuple[str, str, str, str]  # best first
     reasons: tuple[str, str, str, str]
     scores: tuple[tuple[int, int, int], ...] = SCORES_VISUAL
+    terse_wrong: tuple[str, str] | None = None  # (response, critique); judged as bad as the wrong answer
+    fact: str | None = None  # what the image shows, as the "evidence_first" critiques open
+
+    def critiques(self, style: str = "answer_first") -> tuple[tuple[str, ...], str | None]:
+        """(best-first critiques, the terse wrong answer's critique) in one of CRITIQUE_STYLES."""
+        if style not in CRITIQUE_STYLES:
+            raise ValueError(f"unknown critique style {style!r}; known: {CRITIQUE_STYLES}")
+        terse_wrong = self.terse_wrong[1] if self.terse_wrong else None
+        if style == "answer_first" or self.fact is None:
+            return self.reasons, terse_wrong
+        wrong = f"{self.fact}, so the answer is wrong."
+        return (f"{self.fact}, so the answer is correct and complete.",
+                f"{self.fact}, so the answer is correct, but it is very short.", wrong, self.reasons[3]), wrong
 
 
 def _plural(count_word: str, shape: str) -> str:
@@ -48,7 +76,9 @@ def colour_texts(shape: str, colour: str, wrong: str, irrelevant: str) -> Texts:
         reasons=(f"The answer says {colour} and the {shape} in the image is {colour}, so it is correct and complete.",
                  f"The answer {colour} is correct, but it is very short.",
                  f"The answer says {wrong} but the {shape} in the image is {colour}, so it is wrong.",
-                 IRRELEVANT_REASON))
+                 IRRELEVANT_REASON),
+        terse_wrong=(f"{wrong}.", f"The answer {wrong} is wrong, the {shape} in the image is {colour}."),
+        fact=f"The {shape} in the image is {colour}")
 
 
 def count_texts(shape: str, count: str, wrong: str, irrelevant: str) -> Texts:
@@ -61,7 +91,9 @@ def count_texts(shape: str, count: str, wrong: str, irrelevant: str) -> Texts:
         reasons=(f"The answer says {count} and the image shows {_plural(count, shape)}, so it is correct and complete.",
                  f"The answer {count} is correct, but it is very short.",
                  f"The answer says {wrong} but the image shows {_plural(count, shape)}, so it is wrong.",
-                 IRRELEVANT_REASON))
+                 IRRELEVANT_REASON),
+        terse_wrong=(f"{wrong}.", f"The answer {wrong} is wrong, the image shows {_plural(count, shape)}."),
+        fact=f"The image shows {_plural(count, shape)}")
 
 
 def position_texts(shape: str, side: str, irrelevant: str) -> Texts:
@@ -73,7 +105,9 @@ def position_texts(shape: str, side: str, irrelevant: str) -> Texts:
                  "so it is correct and complete.",
                  f"The answer {side} is correct, but it is very short.",
                  f"The answer says {wrong} but the {shape} in the image is on the {side}, so it is wrong.",
-                 IRRELEVANT_REASON))
+                 IRRELEVANT_REASON),
+        terse_wrong=(f"{wrong}.", f"The answer {wrong} is wrong, the {shape} in the image is on the {side}."),
+        fact=f"The {shape} in the image is on the {side}")
 
 
 def mcq_texts(colour: str, shape: str, wrong_shape: str, irrelevant: str) -> Texts:
@@ -84,7 +118,9 @@ def mcq_texts(colour: str, shape: str, wrong_shape: str, irrelevant: str) -> Tex
         reasons=(f"The answer picks ({letter}) and the {colour} shape in the image is a {shape}, so it is correct.",
                  f"The answer {letter} is correct, but it is very short.",
                  f"The answer picks ({wrong}) but the {colour} shape in the image is a {shape}, so it is wrong.",
-                 IRRELEVANT_REASON))
+                 IRRELEVANT_REASON),
+        terse_wrong=(f"{wrong}.", f"The answer {wrong} is wrong, the {colour} shape in the image is a {shape}."),
+        fact=f"The {colour} shape in the image is a {shape}")
 
 
 def describe_texts(c1: str, s1: str, c2: str, s2: str, wrong: str, irrelevant: str) -> Texts:
@@ -98,7 +134,10 @@ def describe_texts(c1: str, s1: str, c2: str, s2: str, wrong: str, irrelevant: s
                  "so it is correct and complete.",
                  f"The answer names the {c1} {s1} and the {c2} {s2}, but it is very short.",
                  f"The answer says the {s1} is {wrong} but the {s1} in the image is {c1}, so it is wrong.",
-                 IRRELEVANT_REASON))
+                 IRRELEVANT_REASON),
+        terse_wrong=(f"A {wrong} {s1} and a {c2} {s2}.",
+                     f"The answer says the {s1} is {wrong} but the {s1} in the image is {c1}, so it is wrong."),
+        fact=f"The {s1} in the image is {c1} and the {s2} is {c2}")
 
 
 def motion_texts(shape: str, direction: str, irrelevant: str) -> Texts:
@@ -111,7 +150,9 @@ def motion_texts(shape: str, direction: str, irrelevant: str) -> Texts:
                  "so it is correct and complete.",
                  f"The answer {direction} is correct, but it is very short.",
                  f"The answer says {wrong} but the {shape} in the video moves to the {direction}, so it is wrong.",
-                 IRRELEVANT_REASON))
+                 IRRELEVANT_REASON),
+        terse_wrong=(f"{wrong}.", f"The answer {wrong} is wrong, the {shape} in the video moves to the {direction}."),
+        fact=f"The {shape} in the video moves to the {direction}")
 
 
 def safety_texts(shape: str, request: int) -> Texts:

@@ -52,7 +52,9 @@ def prepare_files(c: ml_collections.ConfigDict, model_cfg: ml_collections.Config
         tokenizer = _build_once(os.path.join(workdir, "tokenizer"), tiny_tokenizer.build_tiny_tokenizer)
     if c.synthetic and not c.train:
         cfg = synthetic_mmrlhf.SyntheticConfig(num_train=c.synthetic_train, num_heldout=c.synthetic_heldout,
-                                               seed=c.synthetic_seed)
+                                               seed=c.synthetic_seed,
+                                               train_hard_negatives=c.synthetic_hard_negatives,
+                                               critique_style=c.synthetic_critiques)
         root = _build_once(os.path.join(workdir, "data"), lambda d: synthetic_mmrlhf.write_dataset(d, cfg))
         split = lambda s, f: os.path.join(root, s, f)
         return DataFiles(tokenizer, split("train", "dpo_pairs.jsonl"), split("heldout", "dpo_pairs.jsonl"),
@@ -123,6 +125,8 @@ def data_block(**overrides) -> ml_collections.ConfigDict:
         synthetic_train=256,
         synthetic_heldout=64,
         synthetic_seed=0,
+        synthetic_hard_negatives=False,  # train queries get a 5th response: the terse wrong answer
+        synthetic_critiques="answer_first",  # teacher critique wording (testing/synthetic_tasks.py)
         max_length=128,
         max_patches=3,  # P: tiles per image incl. the base tile (0 = the processor's maximum)
         video=True,

@@ -1,6 +1,7 @@
 """Synthetic MM-RLHF data: valid, consistent, deterministic, and answerable only from the pixels."""
 
 import collections
+import dataclasses
 import filecmp
 import os
 
@@ -12,7 +13,7 @@ from mm_rlhf_jax.data.images import load_image
 from mm_rlhf_jax.data.validation import list_frames, load_pairs, load_queries
 from mm_rlhf_jax.testing import synthetic_mmrlhf as S
 from mm_rlhf_jax.testing.shapes import BACKGROUND, COLOURS, SHAPES
-from mm_rlhf_jax.testing.synthetic_tasks import LETTERS, NUMBER_WORDS
+from mm_rlhf_jax.testing.synthetic_tasks import IRRELEVANT_REASON, LETTERS, NUMBER_WORDS
 
 
 def split(synthetic_dir, name):
@@ -119,3 +120,66 @@ def test_deterministic_from_seed(tmp_path):
     (q,) = [q for q in load_queries(os.path.join(a["train"], "data.jsonl")) if q.image][:1]
     np.testing.assert_array_equal(load_image(os.path.join(a["train"], q.image)),
                                   load_image(os.path.join(b["train"], q.image)))
+
+
+def test_hard_negatives_only_add_a_tied_terse_wrong_answer(tmp_path, tiny_tok_dir):
+    from transformers import AutoTokenizer
+
+    base = S.SyntheticConfig(num_train=30, num_heldout=8, seed=5)
+    plain = S.write_dataset(str(tmp_path / "plain"), base)
+    hard = S.write_dataset(str(tmp_path / "hard"), dataclasses.replace(base, train_hard_negatives=True))
+    for name in ("data.jsonl", "dpo_pairs.jsonl"):  # held-out split untouched
+        assert filecmp.cmp(os.path.join(plain["heldout"], name), os.path.join(hard["heldout"], name), shallow=False)
+    tok = AutoTokenizer.from_pretrained(tiny_tok_dir)
+    plain_q = load_queries(os.path.join(plain["train"], "data.jsonl"))
+    hard_q = load_queries(os.path.join(hard["train"], "data.jsonl"))
+    hard_pairs = load_pairs(os.path.join(hard["train"], "dpo_pairs.jsonl"))  # loading validates
+    slots = collections.Counter()
+    for p, h in zip(plain_q, hard_q):
+        assert (p.id, p.prompt, p.image, p.video, p.meta) == (h.id, h.prompt, h.image, h.video, h.meta)
+        p_best_first = [p.responses[i] for i in p.ranking]
+        h_best_first = [h.responses[i] for i in h.ranking]
+        if p.meta["task"] == "safety":
+            assert h == p
+            continue
+        # best-first: helpful, terse, wrong, terse wrong, irrelevant; the new one is tied with the wrong one
+        extra = h_best_first.pop(3)
+        assert h_best_first == p_best_first and h.ties[:2] + h.ties[3:] == p.ties and h.ties[2], h.id
+        assert extra.scores == p_best_first[2].scores and not S.is_correct(extra.text, h), (h.id, extra.text)
+        assert len(extra.text) < len(p_best_first[2].text)
+        assert tok.unk_token_id not in tok(extra.text + " " + extra.reason)["input_ids"], extra
+        slots[h.responses.index(extra)] += 1
+        # the held-out rule "helpful and terse right, the rest not" holds with the extra answer too
+        assert [S.is_correct(r.text, h) for r in [h.responses[i] for i in h.ranking]] == [True, True] + [False] * 3
+    assert len(slots) >= 3, slots  # not always stored in the same place
+    n_hard = sum(len(q.responses) == 5 for q in hard_q)
+    assert n_hard > 0 and len(hard_pairs) == sum(len(q.responses) * (len(q.responses) - 1) // 2 for q in hard_q)
+
+
+def test_evidence_first_critiques_state_the_image_then_judge(tmp_path, tiny_tok_dir):
+    from transformers import AutoTokenizer
+
+    base = S.SyntheticConfig(num_train=30, num_heldout=8, seed=5)
+    plain = S.write_dataset(str(tmp_path / "plain"), base)
+    ev = S.write_dataset(str(tmp_path / "ev"), dataclasses.replace(base, critique_style="evidence_first"))
+    tok = AutoTokenizer.from_pretrained(tiny_tok_dir)
+    n_visual = 0
+    for split_name in ("train", "heldout"):
+        plain_q = load_queries(os.path.join(plain[split_name], "data.jsonl"))
+        ev_q = load_queries(os.path.join(ev[split_name], "data.jsonl"))
+        for p, e in zip(plain_q, ev_q):
+            # only the critiques change: same answers, scores, ranking and ties
+            assert [(r.text, r.scores) for r in p.responses] == [(r.text, r.scores) for r in e.responses]
+            assert (p.ranking, p.ties) == (e.ranking, e.ties)
+            truth = S.ground_truth(e)
+            for r in e.responses:
+                assert tok.unk_token_id not in tok(r.reason)["input_ids"], r.reason
+                if e.meta["task"] == "safety" or r.reason == IRRELEVANT_REASON:
+                    continue
+                fact, verdict = r.reason.split(", so the answer is ")
+                # the fact names the ground truth (for describe: both colours and shapes), whatever the answer
+                expected = [SHAPES[LETTERS.index(w)] if w in LETTERS else w for w in truth.split() if w != "and"]
+                assert all(word in fact.split() for word in expected), (e.id, fact, truth)
+                assert verdict.startswith("correct") == S.is_correct(r.text, e), (e.id, r.text, r.reason)
+                n_visual += 1
+    assert n_visual > 50
