@@ -8,10 +8,12 @@ skill. This trains the tiny LM (text only, the `model.tiny` block of the presets
 on each skill alone and prints, as JSON, the held-out accuracy every `--every`
 steps and the first step reaching 0.9 (null if none):
 
-  copy:  filler ... W ... filler  SAYS -> W            (W one of 6 words, anywhere in 5..24)
-  match: filler ... A ... filler  IS B ?  -> YES/NO     (A == B half the time)
+  copy:       filler ... W ... filler  SAYS -> W          (W one of 6 words, anywhere in 5..24)
+  match:      filler ... A ... filler  IS B ? -> YES/NO   (A == B half the time)
+  match_here: filler ... A ... filler  IS B -> YES/NO     (the verdict right after B, as in the
+              "fact_check" critiques: the word being read is the one compared)
 
-    python bench/tiny_incontext_probe.py [--layers 2] [--steps 1500] [--lr 2e-3]
+    python bench/tiny_incontext_probe.py [--layers 2] [--steps 1500] [--lr 2e-3] [--warmup 0] [--clip 0]
 
 Results: bench/RESULTS.md "Reward model (tiny)".
 """
@@ -39,20 +41,29 @@ def make_batch(rng: np.random.Generator, task: str, n: int) -> np.ndarray:
     ids[np.arange(n), rng.integers(5, 25, size=n)] = a
     if task == "copy":
         ids[:, -2], ids[:, -1] = SAYS, a
-    else:
-        same = rng.random(n) < 0.5
-        b = np.where(same, a, WORDS[(a - WORDS[0] + rng.integers(1, len(WORDS), size=n)) % len(WORDS)])
+        return ids.astype(np.int32)
+    same = rng.random(n) < 0.5
+    b = np.where(same, a, WORDS[(a - WORDS[0] + rng.integers(1, len(WORDS), size=n)) % len(WORDS)])
+    if task == "match":
         ids[:, -4], ids[:, -3], ids[:, -2], ids[:, -1] = IS, b, QUERY, np.where(same, YES, NO)
+    else:
+        ids[:, -3], ids[:, -2], ids[:, -1] = IS, b, np.where(same, YES, NO)
     return ids.astype(np.int32)
 
 
-def run(task: str, layers: int, steps: int, lr: float, every: int, seed: int) -> dict:
+TASKS = ("copy", "match", "match_here")
+
+
+def run(task: str, layers: int, steps: int, lr: float, every: int, seed: int, warmup: int = 0,
+        clip: float = 0.0) -> dict:
     module, _ = model_factory.build(model_factory.model_block(multimodal=False, num_layers=layers), seed)
     rng = np.random.default_rng(seed)
     eval_ids = jnp.asarray(make_batch(np.random.default_rng(seed + 1), task, 512))
     params = module.init(jax.random.PRNGKey(seed), eval_ids[:2], attention_mask=jnp.ones((2, LENGTH), jnp.int32))
     params = params["params"]
-    tx = optax.adamw(lr)
+    tx = optax.adamw(optax.linear_schedule(0.0, lr, warmup) if warmup else lr)
+    if clip:
+        tx = optax.chain(optax.clip_by_global_norm(clip), tx)
     opt = tx.init(params)
 
     def outputs(p, ids):
@@ -86,9 +97,14 @@ def main():
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--every", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--warmup", type=int, default=0, help="linear warmup steps")
+    ap.add_argument("--clip", type=float, default=0.0, help="global-norm gradient clip (0 = off)")
+    ap.add_argument("--tasks", default=",".join(TASKS))
     a = ap.parse_args()
-    out = {"layers": a.layers, "lr": a.lr, "batch": BATCH, "device": jax.devices()[0].platform,
-           "results": [run(t, a.layers, a.steps, a.lr, a.every, a.seed) for t in ("copy", "match")]}
+    out = {"layers": a.layers, "lr": a.lr, "warmup": a.warmup, "clip": a.clip, "batch": BATCH,
+           "device": jax.devices()[0].platform,
+           "results": [run(t, a.layers, a.steps, a.lr, a.every, a.seed, a.warmup, a.clip)
+                       for t in a.tasks.split(",")]}
     print(json.dumps(out))
 
 

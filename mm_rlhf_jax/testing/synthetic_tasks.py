@@ -40,7 +40,13 @@ IRRELEVANT_REASON = "The answer does not address the question about the image."
 # square in the image is green, so the answer is wrong."): a critic generating it reads the image
 # first and judges the answer against a word it has just written, instead of having to copy the
 # answer and compare it with the image in the one token after it ("and" / "but").
-CRITIQUE_STYLES = ("answer_first", "evidence_first")
+# "fact_check" states what the image shows ending on the word the answer is checked against, and
+# the verdict comes right after that word ("The square in the image is green but the answer says
+# blue, so it is wrong."): the check is then "does the word I am reading occur in the answer?",
+# one attention lookup, which the tiny decoder learns in a few hundred steps
+# (bench/tiny_incontext_probe.py, task match_here), where the other two wordings need the compared
+# word carried to a later position first.
+CRITIQUE_STYLES = ("answer_first", "evidence_first", "fact_check")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +58,9 @@ class Texts:
     scores: tuple[tuple[int, int, int], ...] = SCORES_VISUAL
     terse_wrong: tuple[str, str] | None = None  # (response, critique); judged as bad as the wrong answer
     fact: str | None = None  # what the image shows, as the "evidence_first" critiques open
+    # "fact_check" critiques: (what the image shows, ending on the checked word; the word the right
+    # answers say; the word the wrong answer says)
+    check: tuple[str, str, str] | None = None
 
     def critiques(self, style: str = "answer_first") -> tuple[tuple[str, ...], str | None]:
         """(best-first critiques, the terse wrong answer's critique) in one of CRITIQUE_STYLES."""
@@ -60,6 +69,12 @@ class Texts:
         terse_wrong = self.terse_wrong[1] if self.terse_wrong else None
         if style == "answer_first" or self.fact is None:
             return self.reasons, terse_wrong
+        if style == "fact_check":
+            fact, right, wrong_word = self.check
+            wrong = f"{fact} but the answer says {wrong_word}, so it is wrong."
+            return (f"{fact} and the answer says {right}, so it is correct and complete.",
+                    f"{fact} and the answer says {right}, so it is correct, but it is very short.", wrong,
+                    self.reasons[3]), wrong
         wrong = f"{self.fact}, so the answer is wrong."
         return (f"{self.fact}, so the answer is correct and complete.",
                 f"{self.fact}, so the answer is correct, but it is very short.", wrong, self.reasons[3]), wrong
@@ -78,7 +93,7 @@ def colour_texts(shape: str, colour: str, wrong: str, irrelevant: str) -> Texts:
                  f"The answer says {wrong} but the {shape} in the image is {colour}, so it is wrong.",
                  IRRELEVANT_REASON),
         terse_wrong=(f"{wrong}.", f"The answer {wrong} is wrong, the {shape} in the image is {colour}."),
-        fact=f"The {shape} in the image is {colour}")
+        fact=f"The {shape} in the image is {colour}", check=(f"The {shape} in the image is {colour}", colour, wrong))
 
 
 def count_texts(shape: str, count: str, wrong: str, irrelevant: str) -> Texts:
@@ -93,7 +108,7 @@ def count_texts(shape: str, count: str, wrong: str, irrelevant: str) -> Texts:
                  f"The answer says {wrong} but the image shows {_plural(count, shape)}, so it is wrong.",
                  IRRELEVANT_REASON),
         terse_wrong=(f"{wrong}.", f"The answer {wrong} is wrong, the image shows {_plural(count, shape)}."),
-        fact=f"The image shows {_plural(count, shape)}")
+        fact=f"The image shows {_plural(count, shape)}", check=(f"The {shape}s in the image are {count}", count, wrong))
 
 
 def position_texts(shape: str, side: str, irrelevant: str) -> Texts:
@@ -107,7 +122,8 @@ def position_texts(shape: str, side: str, irrelevant: str) -> Texts:
                  f"The answer says {wrong} but the {shape} in the image is on the {side}, so it is wrong.",
                  IRRELEVANT_REASON),
         terse_wrong=(f"{wrong}.", f"The answer {wrong} is wrong, the {shape} in the image is on the {side}."),
-        fact=f"The {shape} in the image is on the {side}")
+        fact=f"The {shape} in the image is on the {side}",
+        check=(f"The {shape} in the image is on the {side}", side, wrong))
 
 
 def mcq_texts(colour: str, shape: str, wrong_shape: str, irrelevant: str) -> Texts:
@@ -120,7 +136,8 @@ def mcq_texts(colour: str, shape: str, wrong_shape: str, irrelevant: str) -> Tex
                  f"The answer picks ({wrong}) but the {colour} shape in the image is a {shape}, so it is wrong.",
                  IRRELEVANT_REASON),
         terse_wrong=(f"{wrong}.", f"The answer {wrong} is wrong, the {colour} shape in the image is a {shape}."),
-        fact=f"The {colour} shape in the image is a {shape}")
+        fact=f"The {colour} shape in the image is a {shape}",
+        check=(f"The {colour} shape in the image is a {shape}, which is {letter}", letter, wrong))
 
 
 def describe_texts(c1: str, s1: str, c2: str, s2: str, wrong: str, irrelevant: str) -> Texts:
@@ -137,7 +154,8 @@ def describe_texts(c1: str, s1: str, c2: str, s2: str, wrong: str, irrelevant: s
                  IRRELEVANT_REASON),
         terse_wrong=(f"A {wrong} {s1} and a {c2} {s2}.",
                      f"The answer says the {s1} is {wrong} but the {s1} in the image is {c1}, so it is wrong."),
-        fact=f"The {s1} in the image is {c1} and the {s2} is {c2}")
+        fact=f"The {s1} in the image is {c1} and the {s2} is {c2}",
+        check=(f"The {s1} in the image is {c1}", c1, wrong))
 
 
 def motion_texts(shape: str, direction: str, irrelevant: str) -> Texts:
@@ -152,7 +170,8 @@ def motion_texts(shape: str, direction: str, irrelevant: str) -> Texts:
                  f"The answer says {wrong} but the {shape} in the video moves to the {direction}, so it is wrong.",
                  IRRELEVANT_REASON),
         terse_wrong=(f"{wrong}.", f"The answer {wrong} is wrong, the {shape} in the video moves to the {direction}."),
-        fact=f"The {shape} in the video moves to the {direction}")
+        fact=f"The {shape} in the video moves to the {direction}",
+        check=(f"The {shape} in the video moves to the {direction}", direction, wrong))
 
 
 def safety_texts(shape: str, request: int) -> Texts:

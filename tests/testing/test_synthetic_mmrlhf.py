@@ -183,3 +183,38 @@ def test_evidence_first_critiques_state_the_image_then_judge(tmp_path, tiny_tok_
                 assert verdict.startswith("correct") == S.is_correct(r.text, e), (e.id, r.text, r.reason)
                 n_visual += 1
     assert n_visual > 50
+
+
+def test_fact_check_critiques_end_the_fact_on_the_checked_word(tmp_path, tiny_tok_dir):
+    """"<fact ending on word W> and|but the answer says V, so ...": W is the truth, V is in the answer."""
+    import re
+
+    from transformers import AutoTokenizer
+
+    base = S.SyntheticConfig(num_train=30, num_heldout=8, seed=5, train_hard_negatives=True)
+    plain = S.write_dataset(str(tmp_path / "plain"), base)
+    fc = S.write_dataset(str(tmp_path / "fc"), dataclasses.replace(base, critique_style="fact_check"))
+    tok = AutoTokenizer.from_pretrained(tiny_tok_dir)
+    verdicts = collections.Counter()
+    for split_name in ("train", "heldout"):
+        plain_q = load_queries(os.path.join(plain[split_name], "data.jsonl"))
+        fc_q = load_queries(os.path.join(fc[split_name], "data.jsonl"))
+        for p, e in zip(plain_q, fc_q):
+            assert [(r.text, r.scores) for r in p.responses] == [(r.text, r.scores) for r in e.responses]
+            assert (p.ranking, p.ties) == (e.ranking, e.ties)
+            truth = S.ground_truth(e)
+            for r in e.responses:
+                assert tok.unk_token_id not in tok(r.reason)["input_ids"], r.reason
+                if e.meta["task"] == "safety" or r.reason == IRRELEVANT_REASON:
+                    continue
+                m = re.fullmatch(r"(.*) (and|but) the answer says (\w+), so it is (correct|wrong)(.*)\.", r.reason)
+                assert m, (e.id, r.reason)
+                fact, link, said, verdict = m.group(1), m.group(2), m.group(3), m.group(4)
+                right = S.is_correct(r.text, e)
+                # the fact's last word is the truth (describe: the first shape's colour) ...
+                assert fact.split()[-1] == truth.split()[0], (e.id, fact, truth)
+                # ... the answer's own word follows, and the verdict comes right after the fact
+                assert said in re.findall(r"\w+", r.text), (e.id, said, r.text)
+                assert (link == "and") == (verdict == "correct") == right == (said == truth.split()[0]), (e.id, r)
+                verdicts[link] += 1
+    assert verdicts["and"] > 30 and verdicts["but"] > 30, verdicts

@@ -114,3 +114,14 @@ def test_run_writes_eval_and_scores(tmp_path, devices8, mode):
         by_ranks.setdefault(f"{rank(r['id'], r['chosen'])}v{rank(r['id'], r['rejected'])}", []).append(
             r["chosen_reward"] > r["rejected_reward"])
     assert saved["acc_by_ranks"] == pytest.approx({k: np.mean(v) for k, v in by_ranks.items()})
+
+
+@pytest.mark.slow
+@pytest.mark.target
+def test_tiny_preset_reaches_target(tmp_path):
+    """The `tiny` preset (~12 min on 2 CPU cores): >= 0.9 held-out ACC with generated critiques.
+
+    Seed 0 as committed; other seeds are in bench/RESULTS.md ("Session 11"), not all of which reach it.
+    """
+    result = reward_model.run(config_module.get_config("tiny"), str(tmp_path / "rm"))
+    assert result["mode"] == "critique" and result["acc"] >= 0.9, result
