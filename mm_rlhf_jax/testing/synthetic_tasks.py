@@ -58,9 +58,9 @@ class Texts:
     scores: tuple[tuple[int, int, int], ...] = SCORES_VISUAL
     terse_wrong: tuple[str, str] | None = None  # (response, critique); judged as bad as the wrong answer
     fact: str | None = None  # what the image shows, as the "evidence_first" critiques open
-    # "fact_check" critiques: (what the image shows, ending on the checked word; the word the right
-    # answers say; the word the wrong answer says)
-    check: tuple[str, str, str] | None = None
+    # "fact_check" critiques: (what the image shows, ending on the word the answers are checked
+    # against, which is what the right answers say; the word the wrong answer says)
+    check: tuple[str, str] | None = None
 
     def critiques(self, style: str = "answer_first") -> tuple[tuple[str, ...], str | None]:
         """(best-first critiques, the terse wrong answer's critique) in one of CRITIQUE_STYLES."""
@@ -70,7 +70,8 @@ class Texts:
         if style == "answer_first" or self.fact is None:
             return self.reasons, terse_wrong
         if style == "fact_check":
-            fact, right, wrong_word = self.check
+            fact, wrong_word = self.check
+            right = fact.split()[-1]
             wrong = f"{fact} but the answer says {wrong_word}, so it is wrong."
             return (f"{fact} and the answer says {right}, so it is correct and complete.",
                     f"{fact} and the answer says {right}, so it is correct, but it is very short.", wrong,
@@ -93,7 +94,7 @@ def colour_texts(shape: str, colour: str, wrong: str, irrelevant: str) -> Texts:
                  f"The answer says {wrong} but the {shape} in the image is {colour}, so it is wrong.",
                  IRRELEVANT_REASON),
         terse_wrong=(f"{wrong}.", f"The answer {wrong} is wrong, the {shape} in the image is {colour}."),
-        fact=f"The {shape} in the image is {colour}", check=(f"The {shape} in the image is {colour}", colour, wrong))
+        fact=f"The {shape} in the image is {colour}", check=(f"The {shape} in the image is {colour}", wrong))
 
 
 def count_texts(shape: str, count: str, wrong: str, irrelevant: str) -> Texts:
@@ -108,7 +109,7 @@ def count_texts(shape: str, count: str, wrong: str, irrelevant: str) -> Texts:
                  f"The answer says {wrong} but the image shows {_plural(count, shape)}, so it is wrong.",
                  IRRELEVANT_REASON),
         terse_wrong=(f"{wrong}.", f"The answer {wrong} is wrong, the image shows {_plural(count, shape)}."),
-        fact=f"The image shows {_plural(count, shape)}", check=(f"The {shape}s in the image are {count}", count, wrong))
+        fact=f"The image shows {_plural(count, shape)}", check=(f"The {shape}s in the image are {count}", wrong))
 
 
 def position_texts(shape: str, side: str, irrelevant: str) -> Texts:
@@ -123,7 +124,7 @@ def position_texts(shape: str, side: str, irrelevant: str) -> Texts:
                  IRRELEVANT_REASON),
         terse_wrong=(f"{wrong}.", f"The answer {wrong} is wrong, the {shape} in the image is on the {side}."),
         fact=f"The {shape} in the image is on the {side}",
-        check=(f"The {shape} in the image is on the {side}", side, wrong))
+        check=(f"The {shape} in the image is on the {side}", wrong))
 
 
 def mcq_texts(colour: str, shape: str, wrong_shape: str, irrelevant: str) -> Texts:
@@ -137,7 +138,7 @@ def mcq_texts(colour: str, shape: str, wrong_shape: str, irrelevant: str) -> Tex
                  IRRELEVANT_REASON),
         terse_wrong=(f"{wrong}.", f"The answer {wrong} is wrong, the {colour} shape in the image is a {shape}."),
         fact=f"The {colour} shape in the image is a {shape}",
-        check=(f"The {colour} shape in the image is a {shape}, which is {letter}", letter, wrong))
+        check=(f"The {colour} shape in the image is a {shape}, which is {letter}", wrong))
 
 
 def describe_texts(c1: str, s1: str, c2: str, s2: str, wrong: str, irrelevant: str) -> Texts:
@@ -155,7 +156,7 @@ def describe_texts(c1: str, s1: str, c2: str, s2: str, wrong: str, irrelevant: s
         terse_wrong=(f"A {wrong} {s1} and a {c2} {s2}.",
                      f"The answer says the {s1} is {wrong} but the {s1} in the image is {c1}, so it is wrong."),
         fact=f"The {s1} in the image is {c1} and the {s2} is {c2}",
-        check=(f"The {s1} in the image is {c1}", c1, wrong))
+        check=(f"The {s1} in the image is {c1}", wrong))
 
 
 def motion_texts(shape: str, direction: str, irrelevant: str) -> Texts:
@@ -171,7 +172,7 @@ def motion_texts(shape: str, direction: str, irrelevant: str) -> Texts:
                  IRRELEVANT_REASON),
         terse_wrong=(f"{wrong}.", f"The answer {wrong} is wrong, the {shape} in the video moves to the {direction}."),
         fact=f"The {shape} in the video moves to the {direction}",
-        check=(f"The {shape} in the video moves to the {direction}", direction, wrong))
+        check=(f"The {shape} in the video moves to the {direction}", wrong))
 
 
 def safety_texts(shape: str, request: int) -> Texts:

@@ -156,32 +156,40 @@ def test_hard_negatives_only_add_a_tied_terse_wrong_answer(tmp_path, tiny_tok_di
     assert n_hard > 0 and len(hard_pairs) == sum(len(q.responses) * (len(q.responses) - 1) // 2 for q in hard_q)
 
 
-def test_evidence_first_critiques_state_the_image_then_judge(tmp_path, tiny_tok_dir):
+def styled_visual_critiques(tmp_path, tok_dir, style, **cfg):
+    """Yield (query, response) for each visual critique of data written with critique wording `style`.
+
+    On the way, checks against the same data in the default wording that only the critiques change
+    (same answers, scores, ranking and ties) and that every critique tokenizes without unknown tokens.
+    """
     from transformers import AutoTokenizer
 
-    base = S.SyntheticConfig(num_train=30, num_heldout=8, seed=5)
+    base = S.SyntheticConfig(num_train=30, num_heldout=8, seed=5, **cfg)
     plain = S.write_dataset(str(tmp_path / "plain"), base)
-    ev = S.write_dataset(str(tmp_path / "ev"), dataclasses.replace(base, critique_style="evidence_first"))
-    tok = AutoTokenizer.from_pretrained(tiny_tok_dir)
-    n_visual = 0
+    styled = S.write_dataset(str(tmp_path / style), dataclasses.replace(base, critique_style=style))
+    tok = AutoTokenizer.from_pretrained(tok_dir)
     for split_name in ("train", "heldout"):
         plain_q = load_queries(os.path.join(plain[split_name], "data.jsonl"))
-        ev_q = load_queries(os.path.join(ev[split_name], "data.jsonl"))
-        for p, e in zip(plain_q, ev_q):
-            # only the critiques change: same answers, scores, ranking and ties
+        styled_q = load_queries(os.path.join(styled[split_name], "data.jsonl"))
+        for p, e in zip(plain_q, styled_q):
             assert [(r.text, r.scores) for r in p.responses] == [(r.text, r.scores) for r in e.responses]
             assert (p.ranking, p.ties) == (e.ranking, e.ties)
-            truth = S.ground_truth(e)
             for r in e.responses:
                 assert tok.unk_token_id not in tok(r.reason)["input_ids"], r.reason
-                if e.meta["task"] == "safety" or r.reason == IRRELEVANT_REASON:
-                    continue
-                fact, verdict = r.reason.split(", so the answer is ")
-                # the fact names the ground truth (for describe: both colours and shapes), whatever the answer
-                expected = [SHAPES[LETTERS.index(w)] if w in LETTERS else w for w in truth.split() if w != "and"]
-                assert all(word in fact.split() for word in expected), (e.id, fact, truth)
-                assert verdict.startswith("correct") == S.is_correct(r.text, e), (e.id, r.text, r.reason)
-                n_visual += 1
+                if e.meta["task"] != "safety" and r.reason != IRRELEVANT_REASON:
+                    yield e, r
+
+
+def test_evidence_first_critiques_state_the_image_then_judge(tmp_path, tiny_tok_dir):
+    n_visual = 0
+    for e, r in styled_visual_critiques(tmp_path, tiny_tok_dir, "evidence_first"):
+        truth = S.ground_truth(e)
+        fact, verdict = r.reason.split(", so the answer is ")
+        # the fact names the ground truth (for describe: both colours and shapes), whatever the answer
+        expected = [SHAPES[LETTERS.index(w)] if w in LETTERS else w for w in truth.split() if w != "and"]
+        assert all(word in fact.split() for word in expected), (e.id, fact, truth)
+        assert verdict.startswith("correct") == S.is_correct(r.text, e), (e.id, r.text, r.reason)
+        n_visual += 1
     assert n_visual > 50
 
 
@@ -189,32 +197,17 @@ def test_fact_check_critiques_end_the_fact_on_the_checked_word(tmp_path, tiny_to
     """"<fact ending on word W> and|but the answer says V, so ...": W is the truth, V is in the answer."""
     import re
 
-    from transformers import AutoTokenizer
-
-    base = S.SyntheticConfig(num_train=30, num_heldout=8, seed=5, train_hard_negatives=True)
-    plain = S.write_dataset(str(tmp_path / "plain"), base)
-    fc = S.write_dataset(str(tmp_path / "fc"), dataclasses.replace(base, critique_style="fact_check"))
-    tok = AutoTokenizer.from_pretrained(tiny_tok_dir)
     verdicts = collections.Counter()
-    for split_name in ("train", "heldout"):
-        plain_q = load_queries(os.path.join(plain[split_name], "data.jsonl"))
-        fc_q = load_queries(os.path.join(fc[split_name], "data.jsonl"))
-        for p, e in zip(plain_q, fc_q):
-            assert [(r.text, r.scores) for r in p.responses] == [(r.text, r.scores) for r in e.responses]
-            assert (p.ranking, p.ties) == (e.ranking, e.ties)
-            truth = S.ground_truth(e)
-            for r in e.responses:
-                assert tok.unk_token_id not in tok(r.reason)["input_ids"], r.reason
-                if e.meta["task"] == "safety" or r.reason == IRRELEVANT_REASON:
-                    continue
-                m = re.fullmatch(r"(.*) (and|but) the answer says (\w+), so it is (correct|wrong)(.*)\.", r.reason)
-                assert m, (e.id, r.reason)
-                fact, link, said, verdict = m.group(1), m.group(2), m.group(3), m.group(4)
-                right = S.is_correct(r.text, e)
-                # the fact's last word is the truth (describe: the first shape's colour) ...
-                assert fact.split()[-1] == truth.split()[0], (e.id, fact, truth)
-                # ... the answer's own word follows, and the verdict comes right after the fact
-                assert said in re.findall(r"\w+", r.text), (e.id, said, r.text)
-                assert (link == "and") == (verdict == "correct") == right == (said == truth.split()[0]), (e.id, r)
-                verdicts[link] += 1
+    for e, r in styled_visual_critiques(tmp_path, tiny_tok_dir, "fact_check", train_hard_negatives=True):
+        truth = S.ground_truth(e)
+        m = re.fullmatch(r"(.*) (and|but) the answer says (\w+), so it is (correct|wrong)(.*)\.", r.reason)
+        assert m, (e.id, r.reason)
+        fact, link, said, verdict = m.group(1), m.group(2), m.group(3), m.group(4)
+        right = S.is_correct(r.text, e)
+        # the fact's last word is the truth (describe: the first shape's colour) ...
+        assert fact.split()[-1] == truth.split()[0], (e.id, fact, truth)
+        # ... the answer's own word follows, and the verdict comes right after the fact
+        assert said in re.findall(r"\w+", r.text), (e.id, said, r.text)
+        assert (link == "and") == (verdict == "correct") == right == (said == truth.split()[0]), (e.id, r)
+        verdicts[link] += 1
     assert verdicts["and"] > 30 and verdicts["but"] > 30, verdicts
