@@ -14,8 +14,8 @@ a small instruction-tuned prompter for a large frozen model, local paths):
 
 import ml_collections
 
-from mm_rlhf_jax.testing.synthetic_reasoning import PROMPTER_TEMPLATE
-from mm_rlhf_jax.testing.tiny_tokenizer import TINY_VOCAB_SIZE
+from mm_rlhf_jax.data.synthetic.reasoning import PROMPTER_TEMPLATE
+from mm_rlhf_jax.data.synthetic.tiny_tokenizer import TINY_VOCAB_SIZE
 from mm_rlhf_jax.train import config_lib, model_factory, rl_common, sft
 
 PAPER_PROMPTER_TEMPLATE = (

@@ -19,7 +19,7 @@ the values below are common open-source PPO settings, not the paper's):
 
 import ml_collections
 
-from mm_rlhf_jax.testing.tiny_tokenizer import TINY_VOCAB_SIZE
+from mm_rlhf_jax.data.synthetic.tiny_tokenizer import TINY_VOCAB_SIZE
 from mm_rlhf_jax.train import config_lib, model_factory, rl_common, sft
 
 
@@ -32,7 +32,7 @@ def data_block(**overrides) -> ml_collections.ConfigDict:
         synthetic=True,
         synthetic_seed=0,
         synthetic_mix=(0.6, 0.4, 0.0),  # shares of (math, code, general) prompts
-        synthetic_math_tasks=("largest", "smallest"),  # of testing.synthetic_reasoning.MATH_TASKS
+        synthetic_math_tasks=("largest", "smallest"),  # of data.synthetic.reasoning.MATH_TASKS
         synthetic_sft=1024,  # warm-start demonstrations
         synthetic_train=256,  # original pool
         synthetic_new=256,  # new pool (Pre-PPO)

@@ -31,6 +31,24 @@ flags.FLAGS.mark_as_parsed()
 
 
 @pytest.fixture(scope="session")
+def tiny_tok_dir(tmp_path_factory):
+    """The tiny word-level tokenizer (data.synthetic.tiny_tokenizer), built once per session."""
+    from mm_rlhf_jax.data.synthetic import tiny_tokenizer
+
+    return tiny_tokenizer.build_tiny_tokenizer(str(tmp_path_factory.mktemp("tiny_tokenizer")))
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory):
+    """The synthetic MM-RLHF dataset, train (40 queries) and heldout (12) splits; about 230 / 70 pairs."""
+    from mm_rlhf_jax.data.synthetic import mmrlhf
+
+    out = str(tmp_path_factory.mktemp("synthetic"))
+    mmrlhf.write_dataset(out, mmrlhf.SyntheticConfig(num_train=40, num_heldout=12, seed=3))
+    return out
+
+
+@pytest.fixture(scope="session")
 def devices8():
     devs = jax.devices()
     assert len(devs) == 8, f"expected 8 fake CPU devices, got {len(devs)}"

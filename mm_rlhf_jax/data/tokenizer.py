@@ -1,7 +1,7 @@
 """Loading a tokenizer (with its chat template) from a local folder, offline.
 
 Any transformers tokenizer folder works (a LLaVA-OneVision / Qwen2 checkpoint,
-or the tiny one from `mm_rlhf_jax.testing.tiny_tokenizer`), as long as it has a
+or the tiny one from `mm_rlhf_jax.data.synthetic.tiny_tokenizer`), as long as it has a
 chat template and, for multimodal data, `<image>` / `<video>` tokens that
 encode to a single id each.
 """

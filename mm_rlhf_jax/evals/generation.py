@@ -18,7 +18,7 @@ ANSWER_CHECKERS: Registry[Callable] = Registry("answer checker")
 
 @ANSWER_CHECKERS.register("synthetic")
 def _synthetic(text, query):
-    from mm_rlhf_jax.testing.synthetic_mmrlhf import is_correct
+    from mm_rlhf_jax.data.synthetic.mmrlhf import is_correct
 
     return is_correct(text, query)
 

@@ -39,7 +39,7 @@ JUDGE_TEMPLATES.register("default")(
     "[Question]\n{prompt}\n\n[Reference answer]\n{reference}\n\n[Response]\n{response}\n\n"
     "Give a score between 0 and 1, where 0.5 means exactly as good as the reference, 1 means clearly "
     "better and 0 means wrong or useless. End with a line of the form \"Score: <number>\".")
-# Short wording for the tiny word-level tokenizer (testing/synthetic_reasoning.JUDGE_WORDS).
+# Short wording for the tiny word-level tokenizer (data/synthetic/reasoning.JUDGE_WORDS).
 JUDGE_TEMPLATES.register("tiny")(
     "Question : {prompt} Reference : {reference} Response : {response} Judge the response against the reference .")
 

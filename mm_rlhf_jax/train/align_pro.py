@@ -30,11 +30,11 @@ import numpy as np
 from mm_rlhf_jax.data.prompts_pool import PromptRecord, load_prompt_pool
 from mm_rlhf_jax.data.tokenizer import cached_tokenizer
 from mm_rlhf_jax.models import hf
-from mm_rlhf_jax.rewards.curriculum import Curriculum, CurriculumSampler
+from mm_rlhf_jax.data.curriculum import Curriculum, CurriculumSampler
 from mm_rlhf_jax.rewards.router import RewardBatch, reward_metrics
 from mm_rlhf_jax.rollout.strategies import SamplingConfig
 from mm_rlhf_jax.sharding import TRAIN_RULES, make_mesh
-from mm_rlhf_jax.testing import synthetic_reasoning as tasks
+from mm_rlhf_jax.data.synthetic import reasoning as tasks
 from mm_rlhf_jax.train import data_setup, metrics as metrics_lib, model_factory, rl_common, setup, sft
 from mm_rlhf_jax.train.ppo import build_genrm, build_router
 from mm_rlhf_jax.train.rl_common import PolicyGenerator

@@ -19,7 +19,7 @@ from mm_rlhf_jax.data.example import EncoderConfig
 from mm_rlhf_jax.data.images import ImageProcessorConfig, tiny_pinpoints
 from mm_rlhf_jax.models.vlm import LlavaOnevisionConfig
 from mm_rlhf_jax.sharding.mesh import BATCH_AXES, batch_size_divisor
-from mm_rlhf_jax.testing import synthetic_mmrlhf, tiny_tokenizer
+from mm_rlhf_jax.data.synthetic import mmrlhf as synthetic_mmrlhf, tiny_tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +126,7 @@ def data_block(**overrides) -> ml_collections.ConfigDict:
         synthetic_heldout=64,
         synthetic_seed=0,
         synthetic_hard_negatives=False,  # train queries get a 5th response: the terse wrong answer
-        synthetic_critiques="answer_first",  # teacher critique wording (testing/synthetic_tasks.py)
+        synthetic_critiques="answer_first",  # teacher critique wording (data/synthetic/mmrlhf_texts.py)
         max_length=128,
         max_patches=3,  # P: tiles per image incl. the base tile (0 = the processor's maximum)
         video=True,

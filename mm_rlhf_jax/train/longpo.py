@@ -47,7 +47,7 @@ from mm_rlhf_jax.models.config import DecoderConfig
 from mm_rlhf_jax.registry import Registry
 from mm_rlhf_jax.rollout.strategies import SamplingConfig
 from mm_rlhf_jax.sharding import TRAIN_RULES, make_mesh
-from mm_rlhf_jax.testing import longdoc_task
+from mm_rlhf_jax.data.synthetic import longdoc as longdoc_task
 from mm_rlhf_jax.train import data_setup, longpo_step, metrics as metrics_lib, model_factory, setup, sft
 from mm_rlhf_jax.train.optim import make_optimizer
 

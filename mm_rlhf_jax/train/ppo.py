@@ -27,13 +27,13 @@ import numpy as np
 
 from mm_rlhf_jax.data.prompts_pool import PromptRecord, load_prompt_pool
 from mm_rlhf_jax.data.tokenizer import cached_tokenizer
-from mm_rlhf_jax.rewards.curriculum import Curriculum, CurriculumSampler
+from mm_rlhf_jax.data.curriculum import Curriculum, CurriculumSampler
 from mm_rlhf_jax.rewards.genrm import GenRM, GenRMConfig
 from mm_rlhf_jax.rewards.prompt_selection import pre_ppo_select
 from mm_rlhf_jax.rewards.router import RewardContext, RewardRouter, reward_metrics
 from mm_rlhf_jax.rollout.strategies import SamplingConfig
 from mm_rlhf_jax.sharding import TRAIN_RULES, make_mesh
-from mm_rlhf_jax.testing import synthetic_reasoning as tasks
+from mm_rlhf_jax.data.synthetic import reasoning as tasks
 from mm_rlhf_jax.train import data_setup, metrics as metrics_lib, model_factory, rl_common, setup, sft
 from mm_rlhf_jax.train.rl_common import PolicyGenerator
 

@@ -9,7 +9,7 @@ from mm_rlhf_jax.data.longpo.pipeline import SampleSource, make_iterator
 from mm_rlhf_jax.data.longpo.samples import SampleLayout, tokenize_sample
 from mm_rlhf_jax.data.pipeline import PipelineConfig
 from mm_rlhf_jax.data.tokenizer import load_tokenizer
-from mm_rlhf_jax.testing import longdoc_task
+from mm_rlhf_jax.data.synthetic import longdoc as longdoc_task
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from mm_rlhf_jax.data.tokenizer import load_tokenizer
 from mm_rlhf_jax.models import hf
 from mm_rlhf_jax.models.config import DecoderConfig
 from mm_rlhf_jax.rollout.strategies import SamplingConfig
-from mm_rlhf_jax.testing import longdoc_task
+from mm_rlhf_jax.data.synthetic import longdoc as longdoc_task
 
 # A fact in every passage (8 distinct names per document), so every chunk can be asked about.
 TASK = longdoc_task.TaskConfig(passages_per_doc=8, facts_per_doc=8, needle_span=1.0, min_filler=1, max_filler=2)

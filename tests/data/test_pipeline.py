@@ -16,7 +16,7 @@ from mm_rlhf_jax.data.sources import JsonlPairSource
 from mm_rlhf_jax.data.tokenize import Media, tokenize_critique, tokenize_preference
 from mm_rlhf_jax.data.tokenizer import load_tokenizer, special_ids
 from mm_rlhf_jax.models import anyres
-from mm_rlhf_jax.testing.synthetic_mmrlhf import TINY_IMAGE_CONFIG, TINY_PATCH_SIZE
+from mm_rlhf_jax.data.synthetic.mmrlhf import TINY_IMAGE_CONFIG, TINY_PATCH_SIZE
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from mm_rlhf_jax.data.images import load_image
 from mm_rlhf_jax.data.sources import JsonlPairSource
 from mm_rlhf_jax.data.tfds_builder import MmRlhfPairs, TfdsPairSource
 from mm_rlhf_jax.data.validation import list_frames, load_pairs
-from mm_rlhf_jax.testing.synthetic_mmrlhf import TINY_IMAGE_CONFIG, TINY_PATCH_SIZE
+from mm_rlhf_jax.data.synthetic.mmrlhf import TINY_IMAGE_CONFIG, TINY_PATCH_SIZE
 
 
 @pytest.fixture(scope="module")

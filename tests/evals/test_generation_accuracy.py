@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mm_rlhf_jax.evals import generation
-from mm_rlhf_jax.testing import synthetic_mmrlhf as S
+from mm_rlhf_jax.data.synthetic import mmrlhf as S
 
 
 def _query(task, seed):

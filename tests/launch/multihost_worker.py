@@ -12,7 +12,7 @@ from jax.experimental import multihost_utils
 
 from mm_rlhf_jax import distributed
 from mm_rlhf_jax.sharding import TRAIN_RULES, batch_sharding, logical_shardings, make_mesh, replicated
-from mm_rlhf_jax.testing_multihost import forward_inputs, tiny_decoder
+from mm_rlhf_jax.testing.multihost import forward_inputs, tiny_decoder
 
 
 def main(process_id: int, num_processes: int, port: int, out: str) -> None:

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import portpicker
 
-from mm_rlhf_jax.testing_multihost import forward_inputs, tiny_decoder
+from mm_rlhf_jax.testing.multihost import forward_inputs, tiny_decoder
 
 
 def test_two_process_sharded_forward_matches_single_process(tmp_path):

@@ -17,7 +17,7 @@ import pytest
 
 from mm_rlhf_jax.data.tokenizer import load_tokenizer
 from mm_rlhf_jax.rewards.genrm import JUDGE_TEMPLATES, GenRM, GenRMConfig, parse_score
-from mm_rlhf_jax.testing import synthetic_reasoning as tasks
+from mm_rlhf_jax.data.synthetic import reasoning as tasks
 
 PARSE_CASES = [
     ("Score: 0.8", 0.8), ("score = 1", 1.0), ("The response is wrong. Score: 0", 0.0),

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from mm_rlhf_jax.rewards import math as rmath
-from mm_rlhf_jax.rewards.math_extract import extract_choice
+from mm_rlhf_jax.rewards.math.extract import extract_choice
 
 PAIRS = pathlib.Path(__file__).with_name("math_pairs.jsonl")
 

@@ -121,7 +121,7 @@ def test_bad_arguments(kwargs, match):
 
 
 def _outcome(lines, supervisor_status=0, stderr=b""):
-    return sandbox.sandbox_host.Outcome(lines=lines, supervisor_status=supervisor_status,
+    return sandbox.host.Outcome(lines=lines, supervisor_status=supervisor_status,
                                         stderr=stderr)
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from mm_rlhf_jax.data.prompts_pool import records_from_dicts
 from mm_rlhf_jax.rewards.router import RewardContext, RewardRouter
-from mm_rlhf_jax.testing import synthetic_reasoning as tasks
+from mm_rlhf_jax.data.synthetic import reasoning as tasks
 from mm_rlhf_jax.train import rl_common
 from mm_rlhf_jax.train.align_pro import AlignProEnv, make_eval_fn
 

@@ -23,7 +23,7 @@ from mm_rlhf_jax.losses.preference import longpo_loss
 from mm_rlhf_jax.models import hf
 from mm_rlhf_jax.models.config import DecoderConfig
 from mm_rlhf_jax.sharding import make_mesh, replicated
-from mm_rlhf_jax.testing import longdoc_task
+from mm_rlhf_jax.data.synthetic import longdoc as longdoc_task
 from mm_rlhf_jax.train import longpo_step, partition, state as state_lib
 
 T, K, L = 192, 2, 96

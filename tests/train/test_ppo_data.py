@@ -10,7 +10,7 @@ from mm_rlhf_jax.data.errors import DataError
 from mm_rlhf_jax.data.prompts_pool import PromptRecord, load_prompt_pool, write_prompt_pool
 from mm_rlhf_jax.rewards.math import math_reward
 from mm_rlhf_jax.rewards.sandbox import code_reward
-from mm_rlhf_jax.testing import synthetic_reasoning as tasks
+from mm_rlhf_jax.data.synthetic import reasoning as tasks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -10,10 +10,10 @@ import pytest
 
 from mm_rlhf_jax.data.prompts_pool import PromptRecord
 from mm_rlhf_jax.data.tokenizer import load_tokenizer
-from mm_rlhf_jax.rewards.curriculum import Curriculum, CurriculumSampler
+from mm_rlhf_jax.data.curriculum import Curriculum, CurriculumSampler
 from mm_rlhf_jax.rewards.router import RewardBatch
 from mm_rlhf_jax.sharding import TRAIN_RULES, make_mesh
-from mm_rlhf_jax.testing import synthetic_reasoning as tasks
+from mm_rlhf_jax.data.synthetic import reasoning as tasks
 from mm_rlhf_jax.train import checkpoint, config_lib, loop, metrics as metrics_lib, model_factory, rl_common
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mm_rlhf_jax.data.prompts_pool import PromptRecord
-from mm_rlhf_jax.rewards.curriculum import Curriculum, CurriculumSampler
+from mm_rlhf_jax.data.curriculum import Curriculum, CurriculumSampler
 
 
 def pool(n_math=60, n_code=40, n_general=300):

@@ -40,7 +40,7 @@ CHAT_TEMPLATE = (
 def base_corpus() -> list[str]:
     """Texts every tiny tokenizer covers: the synthetic task, the critic prompt, chat roles."""
     from mm_rlhf_jax.data.tokenize import CRITIC_PROMPT  # the RM's fixed instruction text
-    from mm_rlhf_jax.testing.synthetic_tasks import corpus
+    from mm_rlhf_jax.data.synthetic.mmrlhf_texts import corpus
 
     return corpus() + [CRITIC_PROMPT, "system user assistant", "You are a helpful assistant."]
 

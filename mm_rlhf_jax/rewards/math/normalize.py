@@ -1,16 +1,16 @@
 """String-level normalisation of a final math answer (before parsing).
 
 `normalize(answer)` rewrites LaTeX and plain-text spellings into one form
-that `math_parse` reads. Policies (documented in `math.py` as well):
+that `parse` reads. Policies (documented in `__init__.py` as well):
 
   * math delimiters `$..$`, `\\(..\\)`, `\\[..\\]`, `\\boxed{..}` are removed,
     and so is a currency `\\$`;
   * `\\dfrac`/`\\tfrac` are `\\frac`; `\\frac12`, `\\frac1{x}`, `\\sqrt2` get their
     braces; `\\left`, `\\right`, `\\big..`, `\\displaystyle` are dropped;
   * spacing commands (`\\,` `\\;` `\\!` `\\quad` `~` ...) become one space:
-    spaces matter only to tell units from variables (see math_parse);
+    spaces matter only to tell units from variables (see parse.py);
   * `\\text{..}`, `\\mathrm{..}`, `\\mbox{..}` ... all become `\\text{..}` padded with
-    spaces; math_parse reads a trailing one as a unit;
+    spaces; parse.py reads a trailing one as a unit;
   * `percent` is `%`;
   * degrees (`^\\circ`, `°`, `\\degree`) are dropped: 30^\\circ == 30;
   * `\\%` is `%`; unicode minus, times, pi, infinity, sqrt are spelled in LaTeX;
@@ -108,7 +108,7 @@ def normalize(answer: str) -> str:
     text = strip_math_delimiters(text)
     text = unwrap_command(text, "boxed", "{}")
     text = unwrap_command(text, "fbox", "{}")
-    for name in _TEXT_COMMANDS:  # one spelling, kept as a token for math_parse
+    for name in _TEXT_COMMANDS:  # one spelling, kept as a token for parse.py
         text = unwrap_command(text, name, " \\text{{{}}} ")
     text = re.sub(r"\\[dt]frac(?![A-Za-z])", r"\\frac", text)
     text = re.sub(r"\\dbinom(?![A-Za-z])", r"\\binom", text)

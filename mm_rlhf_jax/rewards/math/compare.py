@@ -22,7 +22,7 @@ items in order. Collections and unions: equal as multisets.
 
 import sympy as sp
 
-from mm_rlhf_jax.rewards.math_values import Collection, Equation, Scalar, Seq, Text, Union
+from mm_rlhf_jax.rewards.math.values import Collection, Equation, Scalar, Seq, Text, Union
 
 REL_TOL = 1e-6
 ABS_TOL = 1e-12
@@ -139,7 +139,7 @@ def _unwrap(value):
 
 
 def values_equal(a, b) -> bool:
-    """Equality of two `math_values` answers (see the module docstring)."""
+    """Equality of two `values` answers (see the module docstring)."""
     a, b = _unwrap(a), _unwrap(b)
     if type(a) is not type(b):
         return False

@@ -11,9 +11,9 @@ import scipy.ndimage
 from mm_rlhf_jax.data.pairs import preference_pairs
 from mm_rlhf_jax.data.images import load_image
 from mm_rlhf_jax.data.validation import list_frames, load_pairs, load_queries
-from mm_rlhf_jax.testing import synthetic_mmrlhf as S
-from mm_rlhf_jax.testing.shapes import BACKGROUND, COLOURS, SHAPES
-from mm_rlhf_jax.testing.synthetic_tasks import IRRELEVANT_REASON, LETTERS, NUMBER_WORDS
+from mm_rlhf_jax.data.synthetic import mmrlhf as S
+from mm_rlhf_jax.data.synthetic.shapes import BACKGROUND, COLOURS, SHAPES
+from mm_rlhf_jax.data.synthetic.mmrlhf_texts import IRRELEVANT_REASON, LETTERS, NUMBER_WORDS
 
 
 def split(synthetic_dir, name):

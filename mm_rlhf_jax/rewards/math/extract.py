@@ -20,7 +20,7 @@ and a hedge that offers a second letter ("(B) or (C)") commits to none.
 
 import re
 
-from mm_rlhf_jax.rewards import math_normalize, math_values
+from mm_rlhf_jax.rewards.math import normalize as math_normalize, values as math_values
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _HASHES = re.compile(r"####\s*([^\n]*)")

@@ -3,16 +3,16 @@
     is_equivalent(prediction, reference) -> bool
 
 `prediction` is a model response (or a bare answer); its final answer is
-found by `extract_answer` (math_extract.py: last \\boxed{}, "#### X",
+found by `extract_answer` (extract.py: last \\boxed{}, "#### X",
 "the answer is X", a bare answer, else the last number). `reference` is a
 bare answer, or a worked solution containing \\boxed{} / "#### X", from
 which the answer is taken the same way.
 
-Then both answers are normalised (math_normalize.py: LaTeX fractions and
+Then both answers are normalised (normalize.py: LaTeX fractions and
 spacing, \\text{} units, degrees, thousands separators, mixed numbers,
-trailing periods), given structure (math_values.py: tuples and intervals
+trailing periods), given structure (values.py: tuples and intervals
 keep their brackets, sets and bare lists are unordered, `x = a` is a,
-`a \\pm b` is two answers) and compared (math_compare.py):
+`a \\pm b` is two answers) and compared (compare.py):
 
   * numbers with a relative tolerance of 1e-6: 1/2 == 0.5 == \\frac{1}{2},
     1/3 == 0.3333333 but 1/3 != 0.333 (truncated decimals do not match);
@@ -21,17 +21,17 @@ keep their brackets, sets and bare lists are unordered, `x = a` is a,
   * expressions by value at fixed points (2\\sqrt{2} == \\sqrt{8},
     x^2 - 1 == (x-1)(x+1)), never by string;
   * multiple choice: when the reference is a letter ("B", "(B)", "B."), the
-    response must commit to that letter (math_extract.extract_choice).
+    response must commit to that letter (extract.extract_choice).
 Unparseable answers fall back to a normalised string comparison. Wrong
 answers that look close stay wrong: -2 != 2, (1, 2) != [1, 2], 1/2 != 1/3.
 
 Untrusted text is never evaluated with eval(); parsing is bounded in size
-and in the magnitude of powers and factorials (math_parse.py).
+and in the magnitude of powers and factorials (parse.py).
 """
 
-from mm_rlhf_jax.rewards.math_compare import values_equal
-from mm_rlhf_jax.rewards.math_extract import choice_letter, extract_answer, extract_choice
-from mm_rlhf_jax.rewards.math_values import parse_answer
+from mm_rlhf_jax.rewards.math.compare import values_equal
+from mm_rlhf_jax.rewards.math.extract import choice_letter, extract_answer, extract_choice
+from mm_rlhf_jax.rewards.math.values import parse_answer
 
 __all__ = ["answers_equal", "extract_answer", "extract_choice", "is_equivalent",
            "math_reward", "reference_answer"]

@@ -22,7 +22,7 @@ package. In order, it:
   3. becomes a child subreaper and forks the runner: the child sets rlimits
      (CPU, address space, processes, file size, open files, core 0), drops
      to the host-allocated unprivileged uid/gid when running as root, sets
-     no_new_privs and execs stage 2 (`sandbox_runner.py`);
+     no_new_privs and execs stage 2 (`runner.py`);
   4. reports the active layers (`L <json>`), reaps every descendant that is
      re-parented to it, and reports the runner's exit (`X <wait status>
      <cpu seconds> <max rss KiB>`) as soon as it ends. The host then kills

@@ -18,7 +18,7 @@ import secrets
 import stat
 import tempfile
 
-from mm_rlhf_jax.rewards import sandbox_host
+from mm_rlhf_jax.rewards.sandbox import host as sandbox_host
 
 BASE = 1_600_000_000
 SLOTS = 4096

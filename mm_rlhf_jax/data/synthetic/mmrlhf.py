@@ -35,8 +35,8 @@ from mm_rlhf_jax.data import images as image_lib
 from mm_rlhf_jax.data.pairs import all_pairs
 from mm_rlhf_jax.data.records import DIMENSIONS, PairRecord, QueryRecord, Response
 from mm_rlhf_jax.data.validation import write_jsonl
-from mm_rlhf_jax.testing import synthetic_tasks as T
-from mm_rlhf_jax.testing.shapes import COLOURS, RADIUS, SHAPES, Shape, draw, place
+from mm_rlhf_jax.data.synthetic import mmrlhf_texts as T
+from mm_rlhf_jax.data.synthetic.shapes import COLOURS, RADIUS, SHAPES, Shape, draw, place
 
 # Tiny vision geometry the synthetic data is made for (matches a SigLIP with image_size 32, patch 8).
 TINY_TILE_SIZE = 32

@@ -31,7 +31,7 @@ import re
 
 import sympy as sp
 
-from mm_rlhf_jax.rewards.math_normalize import matching_brace
+from mm_rlhf_jax.rewards.math.normalize import matching_brace
 
 MAX_CHARS = 400
 MAX_EXPONENT = 1000

@@ -173,7 +173,7 @@ def corpus(phrases=()) -> list[str]:
 
 def build_tokenizer(path: str, phrases=()) -> str:
     """The task's word-level tokenizer (tiny_tokenizer's builder on this corpus, same chat template)."""
-    from mm_rlhf_jax.testing.tiny_tokenizer import TINY_VOCAB_SIZE, build_tiny_tokenizer
+    from mm_rlhf_jax.data.synthetic.tiny_tokenizer import TINY_VOCAB_SIZE, build_tiny_tokenizer
 
     return build_tiny_tokenizer(path, texts=corpus(phrases), vocab_size=TINY_VOCAB_SIZE)
 

@@ -1,6 +1,6 @@
 """Host side of the code sandbox: start the supervisor, watch it, clean up.
 
-`execute(plan)` starts `sandbox_supervisor.py` in a new session with a
+`execute(plan)` starts `supervisor.py` in a new session with a
 scrubbed environment, feeds the payload to the runner over stdin, reads
 stdout/stderr (bounded) and the protocol lines of the result pipe, enforces
 the wall-clock deadline, and afterwards kills every process of the sandbox.

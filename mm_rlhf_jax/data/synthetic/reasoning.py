@@ -237,7 +237,7 @@ def corpus() -> list[str]:
 
 
 def build_tokenizer(path: str) -> str:
-    from mm_rlhf_jax.testing.tiny_tokenizer import build_tiny_tokenizer
+    from mm_rlhf_jax.data.synthetic.tiny_tokenizer import build_tiny_tokenizer
 
     return build_tiny_tokenizer(path, texts=corpus())
 

@@ -1,7 +1,7 @@
 """Structured answers: scalars, tuples/intervals, sets/lists, unions, equations.
 
 `parse_answer(text)` normalises one extracted answer and reads its top-level
-structure before handing the pieces to `math_parse.parse_expression`:
+structure before handing the pieces to `parse.parse_expression`:
 
   A \\cup B \\cup ...     Union of intervals (compared as an unordered set)
   a or b, a and b, a; b Collection (unordered)
@@ -22,8 +22,8 @@ import re
 
 import sympy as sp
 
-from mm_rlhf_jax.rewards import math_normalize
-from mm_rlhf_jax.rewards.math_parse import MAX_CHARS, ParseError, parse_expression
+from mm_rlhf_jax.rewards.math import normalize as math_normalize
+from mm_rlhf_jax.rewards.math.parse import MAX_CHARS, ParseError, parse_expression
 
 _OPEN, _CLOSE = "([{", ")]}"
 _SEPARATORS = re.compile(r"\\text\{\s*(?:or|and)\s*\}|\s(?:or|and)\s|;")

@@ -20,7 +20,7 @@ are used (the tests check that they tokenize without unknown tokens).
 import dataclasses
 import itertools
 
-from mm_rlhf_jax.testing.shapes import COLOURS, SHAPES
+from mm_rlhf_jax.data.synthetic.shapes import COLOURS, SHAPES
 
 NUMBER_WORDS = ("one", "two", "three")
 SIDES = ("left", "right")

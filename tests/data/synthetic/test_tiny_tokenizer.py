@@ -4,7 +4,7 @@ import os
 
 from mm_rlhf_jax.data.tokenizer import load_tokenizer, special_ids
 from mm_rlhf_jax.data.validation import load_queries
-from mm_rlhf_jax.testing import tiny_tokenizer
+from mm_rlhf_jax.data.synthetic import tiny_tokenizer
 
 
 def test_size_special_ids_and_chat_template(tiny_tok_dir):

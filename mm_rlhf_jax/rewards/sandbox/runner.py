@@ -1,7 +1,7 @@
 """Sandbox stage 2: run untrusted code and its tests, then report a verdict.
 
 This file is executed as `python -I -B -u -c <this source> <config json>` by
-the supervisor (`sandbox_supervisor.py`), already inside the isolation it
+the supervisor (`supervisor.py`), already inside the isolation it
 built (dropped uid, namespaces, rlimits, private working directory). It uses
 the standard library only and never imports the package.
 

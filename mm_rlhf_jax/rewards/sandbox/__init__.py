@@ -3,8 +3,8 @@
 Process layout (one run):
 
     host (this process)
-     └─ supervisor   sandbox_supervisor.py: namespaces, mounts, subreaper (trusted)
-         └─ runner   sandbox_runner.py: rlimits, unprivileged uid, audit-hook
+     └─ supervisor   supervisor.py: namespaces, mounts, subreaper (trusted)
+         └─ runner   runner.py: rlimits, unprivileged uid, audit-hook
                      guard, then exec of the code and the tests (untrusted)
 
 Isolation layers, each reported in `SandboxResult.layers` when active:
@@ -15,7 +15,7 @@ Isolation layers, each reported in `SandboxResult.layers` when active:
   rlimits          CPU seconds, address space (memory_mb), processes, file
                    size, open files, no core dumps
   nproc_enforced   the process limit binds (not root, or after the uid drop)
-  uid_drop         as root: a uid/gid leased for this run only (sandbox_ids.py;
+  uid_drop         as root: a uid/gid leased for this run only (ids.py;
                    no supplementary groups), so the program cannot signal,
                    trace or read other processes and RLIMIT_NPROC counts only
                    its own processes
@@ -34,7 +34,7 @@ Isolation layers, each reported in `SandboxResult.layers` when active:
   hidden_proc      an empty /proc (no other process's environ or cmdline)
   no_new_privs     exec can never gain privileges
   subreaper        the supervisor reaps every orphan (pid 1 may not)
-  python_guard     the audit hook of `sandbox_runner.py` (reports "forbidden")
+  python_guard     the audit hook of `runner.py` (reports "forbidden")
 
 What applies where (`isolation_layers()` tells for this machine):
   root (this machine, CI)   everything above except userns.
@@ -78,7 +78,7 @@ import signal
 import sys
 import tempfile
 
-from mm_rlhf_jax.rewards import sandbox_host, sandbox_ids
+from mm_rlhf_jax.rewards.sandbox import host as sandbox_host, ids as sandbox_ids
 
 STATUSES = ("passed", "failed", "timeout", "memory", "error", "forbidden")
 _RUNNER_STATUSES = ("passed", "failed", "error", "memory", "forbidden")
@@ -191,10 +191,10 @@ def _run(code, tests, uid, timeout_s, memory_mb, max_processes, max_output_bytes
         config = {
             "workdir": workdir, "uid": uid, "gid": uid, "namespaces": bool(namespaces),
             "guard": bool(python_guard), "workdir_mb": WORKDIR_MB, "env": env,
-            "runner_source": _source("sandbox_runner.py"), "limits": limits,
+            "runner_source": _source("runner.py"), "limits": limits,
         }
         plan = sandbox_host.Plan(
-            argv=[sys.executable, "-I", "-B", "-c", _source("sandbox_supervisor.py")],
+            argv=[sys.executable, "-I", "-B", "-c", _source("supervisor.py")],
             env={"PATH": env["PATH"], "LANG": "C.UTF-8"}, workdir=workdir,
             payload=json.dumps({"nonce": nonce, "code": code, "tests": tests}).encode(),
             config=config, timeout_s=float(timeout_s), startup_timeout_s=STARTUP_TIMEOUT_S,
