@@ -11,7 +11,7 @@ batch 8 pairs (16 sequences, 8192 tokens per step), sigmoid DPO (beta 0.1), Adam
 checkpointing, reference log-probs precomputed once (the cached-reference setup
 this project's MM-DPO run uses; TRL: precompute_ref_log_probs=True).
 
-- ours: `train.dpo_step.dpo_train_step` jitted with the state donated, as
+- ours: `algorithms.mm_dpo.step.train_step` jitted with the state donated, as
   `train/mm_dpo.py` does (chosen and rejected in one [16, 512] forward; the
   response positions' hidden states are gathered and go through
   `kernels.token_logprobs`, no [B, T, V] logits; attention "auto" on CPU is the
@@ -155,11 +155,12 @@ def run_jax(a, workdir: str) -> dict:
 
     import jax
     import jax.numpy as jnp
-    import ml_collections
+    from mm_rlhf_jax import config_lib
     import optax
 
     from mm_rlhf_jax.models import hf
-    from mm_rlhf_jax.train import dpo_step, partition
+    from mm_rlhf_jax.algorithms.mm_dpo import step as dpo_step
+    from mm_rlhf_jax.train import partition
     from mm_rlhf_jax.train import state as state_lib
 
     module, params = hf.load_pretrained(os.path.join(workdir, "init"), jnp.float32,
@@ -175,17 +176,16 @@ def run_jax(a, workdir: str) -> dict:
                 "loss_mask": jnp.asarray(loss_mask[i:i + a.batch])} for i in range(0, n, a.batch)]
 
     logps_fn = jax.jit(functools.partial(dpo_step.policy_logps_step, module=module))
-    for b in batches:  # reference = the initial policy, cached once (as train/mm_dpo.py)
+    for b in batches:  # reference = the initial policy, cached once (as algorithms/mm_dpo/run.py)
         b["ref_logps"] = logps_fn(params, b)
-    c = ml_collections.ConfigDict(dict(loss_type="sigmoid", beta=a.beta, beta_mode="constant", w=0.0, k=0.0,
-                                       alpha=1.0, gamma=0.0, label_smoothing=0.0))
+    c = config_lib.dpo_block(beta=a.beta, beta_mode="constant", w=0.0, k=0.0, gamma=0.0)
     tx = optax.chain(optax.clip_by_global_norm(1.0),
                      optax.adamw(a.lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0))
     mask = jax.tree.map(lambda _: True, params)
     trainable, _ = partition.split(params, mask)
     state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(trainable),
                                  rng=jax.random.PRNGKey(0))
-    step = jax.jit(functools.partial(dpo_step.dpo_train_step, module=module, tx=tx, mask=mask, c=c),
+    step = jax.jit(functools.partial(dpo_step.train_step, module=module, tx=tx, mask=mask, c=c),
                    donate_argnames=("state",))
     times, losses = [], []
     for b in batches:

@@ -5,7 +5,7 @@
 
 Each length runs in a fresh child process (so ru_maxrss is that length's own peak):
 one packed LongPO sample (document prompt + chosen branch + rejected branch, 2 x 64
-response tokens) through `longpo_step.longpo_train_step` (remat "full", blocked
+response tokens) through `algorithms.longpo.step.train_step` (remat "full", blocked
 attention, fused token log-probs over every position: the paper's whole-sequence
 NLL), compiled ahead of time, then run for `--steps` steps. Reported per length: peak RSS of the
 child, XLA's compiled temporary bytes for the step, the step time (mean over the
@@ -32,15 +32,16 @@ def child(args) -> dict:
 
     import jax
     import jax.numpy as jnp
-    import ml_collections
     import numpy as np
     import optax
     from jax.sharding import NamedSharding, PartitionSpec as P
 
+    from mm_rlhf_jax import config_lib
     from mm_rlhf_jax.models import hf
     from mm_rlhf_jax.models.config import DecoderConfig
     from mm_rlhf_jax.sharding import make_mesh
-    from mm_rlhf_jax.train import longpo_step, state as state_lib
+    from mm_rlhf_jax.algorithms.longpo import step as longpo_step
+    from mm_rlhf_jax.train import state as state_lib
 
     t = args.length
     cfg = DecoderConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
@@ -61,7 +62,7 @@ def child(args) -> dict:
              "nll_mask": nll, "prompt_last": np.asarray([p - 1], np.int32),
              "rejected_first": np.asarray([p + RESPONSE], np.int32), "ref_logps": np.asarray([[-300.0, -310.0]],
                                                                                             np.float32)}
-    c = ml_collections.ConfigDict(dict(beta=0.1, lam=0.01, nll_tokens="sequence", max_response_tokens=0))
+    c = config_lib.longpo_block(beta=0.1, lam=0.01, nll_tokens="sequence", max_response_tokens=0)
     tx = optax.adam(1e-4)
     with jax.set_mesh(mesh):
         params = hf.init_params(model, jax.random.PRNGKey(0), mesh)
@@ -71,7 +72,7 @@ def child(args) -> dict:
         seq = NamedSharding(mesh, P(None, "sequence"))
         put = {k: jax.device_put(v, seq if v.ndim == 2 and v.shape[1] == t else NamedSharding(mesh, P()))
                for k, v in batch.items()}
-        step = jax.jit(functools.partial(longpo_step.longpo_train_step, module=model, tx=tx, mask=mask, c=c),
+        step = jax.jit(functools.partial(longpo_step.train_step, module=model, tx=tx, mask=mask, c=c),
                        donate_argnames=("state",))
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         compiled = step.lower(state, put).compile()

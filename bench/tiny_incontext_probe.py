@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mm_rlhf_jax import config_lib
 from mm_rlhf_jax.train import model_factory
 
 LENGTH, BATCH, WORDS = 48, 32, np.arange(100, 106)
@@ -56,7 +57,7 @@ TASKS = ("copy", "match", "match_here")
 
 def run(task: str, layers: int, steps: int, lr: float, every: int, seed: int, warmup: int = 0,
         clip: float = 0.0) -> dict:
-    module, _ = model_factory.build(model_factory.model_block(multimodal=False, num_layers=layers), seed)
+    module, _ = model_factory.build(config_lib.model_block(multimodal=False, num_layers=layers), seed)
     rng = np.random.default_rng(seed)
     eval_ids = jnp.asarray(make_batch(np.random.default_rng(seed + 1), task, 512))
     params = module.init(jax.random.PRNGKey(seed), eval_ids[:2], attention_mask=jnp.ones((2, LENGTH), jnp.int32))

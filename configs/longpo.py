@@ -23,10 +23,7 @@ own), chunks <= 32K tokens (grouped 16K..30K in the code), documents > 64K token
 
 import ml_collections
 
-from mm_rlhf_jax.data.longpo.generate import GenerationConfig
-from mm_rlhf_jax.train import config_lib, model_factory
-
-_GEN = GenerationConfig()
+from mm_rlhf_jax import config_lib
 
 # name -> overrides applied on top of a preset (dotted config paths).
 VALUE_SETS = {
@@ -46,109 +43,12 @@ def _set(c: ml_collections.ConfigDict, path: str, value) -> None:
     node[leaf] = value
 
 
-def longpo_block() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        value_set="paper",  # paper | released: which VALUE_SETS entry the preset applied
-        beta=0.1,
-        lam=0.01,  # weight of the preference term; the NLL weight is 1 (Eq. 14)
-        nll_tokens="sequence",  # sequence: NLL over the whole chosen sequence S_L | responses: chosen answers only
-        max_response_tokens=0,  # > 0 (required by nll_tokens=responses): static size of the response gather
-        rounds=1,  # iterative self-evolution: round r+1's generator and reference are round r's policy
-        # Policy RoPE theta per round (the reference keeps the previous model's); 0 = keep the base theta.
-        policy_rope_theta=(1e7,),
-        attention_impl="context_parallel_zigzag",  # the policy's attention in training (see kernels README)
-        reference_batch_size=8,  # samples per reference log-prob forward
-    ))
-
-
-def data_block() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        documents="",  # jsonl of {"id", "text"} long documents ("" + synthetic: the tiny task's documents)
-        eval_records="",  # jsonl of task eval records (long/short accuracy); "" = none (synthetic: generated)
-        tokenizer="",  # "" = model.init_from (or the synthetic task's tokenizer)
-        synthetic=False,
-        synthetic_train_docs=96,
-        synthetic_eval_docs=64,
-        synthetic_passages_per_doc=16,
-        synthetic_min_filler=2,
-        synthetic_max_filler=4,
-        synthetic_seed=0,
-        heldout_fraction=0.1,  # generated samples kept out of training for held-out preference accuracy
-        max_length=139264,  # packed prompt + chosen turns + rejected turns (a multiple of 2 x sequence axis)
-        max_short_length=36864,  # one short reference conversation (chunk + question + answer)
-        batch_size=8,  # global, in samples
-        eval_batch_size=8,
-        num_workers=0,
-        seed=0,
-    ))
-
-
-def generation_block() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        max_chunk_tokens=30000,  # released grouping max_tokens (paper: <= 32K)
-        min_chunk_tokens=16384,
-        max_chunks_per_doc=4,
-        turns_per_doc=4,
-        min_turns=1,
-        min_doc_tokens=65536,
-        max_doc_tokens=122880,  # leaves room for the turns inside data.max_length
-        query_prompt="released",  # a QUERY_PROMPTS name (train/longpo.py)
-        numbered_questions=True,
-        num_questions=4,
-        question_strategy="top_p",  # instructions: T 0.7, top-p 0.9 (paper and code)
-        question_temperature=0.7,
-        question_top_p=0.9,
-        answer_strategy="greedy",  # greedy (paper) | top_p (released: T 1.0, p 1.0)
-        answer_temperature=1.0,
-        answer_top_p=1.0,
-        max_question_tokens=1024,
-        max_answer_tokens=1024,
-        batch_size=8,
-        seed=0,
-        min_answer_chars=_GEN.filters.min_chars,
-        repetition_threshold=_GEN.filters.kmp_repeats,  # KMP periodicity and back-to-back n-gram repeats
-        drop_truncated=_GEN.filters.drop_truncated,  # answers that hit max_answer_tokens without a stop token
-        keep_refused_rejected=_GEN.keep_refused_rejected,  # False (released): a refused y_L drops the turn
-    ))
-
-
-def warm_start_block() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        steps=0,  # > 0: SFT the initial model on the synthetic task's short-context examples first
-        batch_size=32,
-        lr=3e-3,
-        warmup_steps=50,
-        num_examples=8000,
-        max_length=160,
-        min_passages=2,
-        max_passages=3,
-        seed=0,
-    ))
-
-
-def eval_block() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        num_records=64,  # task eval records (long- and short-context accuracy)
-        max_new_tokens=16,
-        batch_size=32,
-        short_context_margin=0.05,  # allowed short-context accuracy drop, reported as short_context_ok
-    ))
-
-
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     preset, _, values = arg.partition(",")
     values = values or "paper"
     if values not in VALUE_SETS:
         raise ValueError(f"unknown value set {values!r}; use one of {sorted(VALUE_SETS)}")
-    c = config_lib.base("longpo")
-    c.model = model_factory.model_block(multimodal=False)
-    c.longpo = longpo_block()
-    c.data = data_block()
-    c.generation = generation_block()
-    c.warm_start = warm_start_block()
-    c.eval = eval_block()
-    c.optim = config_lib.optim_block(name="adam", lr=5e-7, schedule="cosine", warmup_ratio=0.1, weight_decay=0.0)
-    c.mesh = config_lib.mesh_block(fsdp=-1, sequence=8)
+    c = config_lib.schema("longpo")
     for path, value in VALUE_SETS[values].items():
         _set(c, path, value)
     c.longpo.value_set = values

@@ -11,23 +11,11 @@ Paper scale (LLaVA-OneVision-7B, MM-RLHF pairs scored by the critique RM; local 
 
 import ml_collections
 
-from mm_rlhf_jax.train import config_lib
+from mm_rlhf_jax import config_lib
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
-    c = config_lib.base("mm_dpo")
-    c.dpo = ml_collections.ConfigDict(dict(
-        loss_type="sigmoid",  # sigmoid | ipo | hinge | robust
-        beta=0.1,  # beta_ori (paper §5.1 and code)
-        beta_mode="paper",  # paper (per-pair dynamic) | released (batch-level implicit) | constant
-        w=0.5,  # weight of the dynamic part (paper default 0.5; released script 0.1)
-        k=0.5,  # sensitivity to the reward margin delta (paper default 0.5)
-        alpha=1.0,  # weight of the preference term (code: dpo_alpha)
-        gamma=0.25,  # SFT anchor weight (code: --gamma 0.25; paper grid {0, .1, .25, .5, 1})
-        label_smoothing=0.0,
-        reference_cache_dir="",  # "" = <workdir>/reference_cache
-    ))
-    c.eval = config_lib.eval_block()
+    c = config_lib.schema("mm_dpo")
     if arg == "tiny":
         c.model.trainable = "all"  # random init: the vision tower must learn too
         # Three LM layers: with two, the tiny LM cannot compare a shape's place across video frames
@@ -38,8 +26,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.optim.warmup_ratio = 0.05
         # Warm start on the two best-ranked answers of each query: the stand-in for the paper's SFT'd
         # LLaVA-OV. With only the best answer the reference gives the terse-but-correct one almost no
-        # probability, every pair preferring it (vs wrong / irrelevant) lifts its log-ratio above the
-        # best answer's, and best-vs-terse pairs end at 0.1-0.7 accuracy (sweep in bench/RESULTS.md).
+        # probability, and best-vs-terse pairs end at 0.1-0.7 accuracy (bench/RESULTS.md "MM-DPO (tiny)").
         c.warm_start.steps = 300
         c.warm_start.top_k = 2
         c.train.steps = 500

@@ -19,54 +19,14 @@ the values below are common open-source PPO settings, not the paper's):
 
 import ml_collections
 
+from mm_rlhf_jax import config_lib
 from mm_rlhf_jax.data.synthetic.tiny_tokenizer import TINY_VOCAB_SIZE
-from mm_rlhf_jax.train import config_lib, model_factory, rl_common, sft
-
-
-def data_block(**overrides) -> ml_collections.ConfigDict:
-    d = dict(
-        pool="",  # original training prompts (prompt-pool jsonl, data/prompts_pool.py)
-        new_pool="",  # newly collected prompts Pre-PPO selects from ("" = no selection)
-        heldout="",  # held-out prompts for evals
-        tokenizer="",  # "" = model.init_from, or the tiny tokenizer of the synthetic tasks
-        synthetic=True,
-        synthetic_seed=0,
-        synthetic_mix=(0.6, 0.4, 0.0),  # shares of (math, code, general) prompts
-        synthetic_math_tasks=("largest", "smallest"),  # of data.synthetic.reasoning.MATH_TASKS
-        synthetic_sft=1024,  # warm-start demonstrations
-        synthetic_train=256,  # original pool
-        synthetic_new=256,  # new pool (Pre-PPO)
-        synthetic_heldout=128,
-        seed=0,  # prompt-iterator seed
-    )
-    d.update(overrides)
-    return ml_collections.ConfigDict(d)
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
-    c = config_lib.base("ppo")
-    c.model = model_factory.model_block(multimodal=False, vocab_size=TINY_VOCAB_SIZE)
-    c.data = data_block()
-    c.warm_start = sft.sft_block()
-    c.ppo = rl_common.ppo_block()
-    c.critic = rl_common.critic_block()
-    c.critic_optim = config_lib.optim_block()
-    c.reward = rl_common.reward_block()
-    c.genrm = rl_common.genrm_block()
-    c.pre_ppo = ml_collections.ConfigDict(dict(
-        enabled=True,
-        num_samples=4,  # policy samples scored per new prompt
-        fraction=0.1,  # share of the new pool kept (paper Fig. 8: 10% beats 20% and 50%)
-        normalization="zscore",  # rewards.prompt_selection.NORMALIZERS: zscore | rank | none (per domain)
-    ))
-    c.curriculum = ml_collections.ConfigDict(dict(
-        enabled=True,
-        emphasized=("math", "code"),
-        at=(0.0, 0.3, 0.6),  # schedule points as fractions of train.steps
-        shares=(0.8, 0.8, -1.0),  # emphasised share of each batch there (< 0: the pool's natural share)
-    ))
-    c.eval = ml_collections.ConfigDict(dict(num_prompts=0))  # held-out prompts evaluated (0 = all)
+    c = config_lib.schema("ppo")
     if arg in ("tiny", "tiny_hybrid"):
+        c.model.tiny.vocab_size = TINY_VOCAB_SIZE
         # Short SFT on imperfect demonstrations: half of them make a systematic mistake (the first listed
         # non-answer number; a code constant off by one), so the SFT policy is right on ~60% of held-out
         # prompts and RL with the verifiers has something to fix.
@@ -95,23 +55,24 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
             c.genrm.batch_size = 64
             # 300 steps give a judge that scores 0.8-0.99 on wrong sounds (it has not learnt to compare with
             # the reference yet); 900 steps: 1.0 on right answers, 0.07 on wrong sounds (all 10 x 10 pairs).
-            c.genrm.warm_start = sft.sft_block(steps=900, batch_size=32, lr=3e-3, max_length=64, num_examples=2048)
+            c.genrm.warm_start = config_lib.sft_block(steps=900, batch_size=32, lr=3e-3, max_length=64,
+                                                      num_examples=2048)
     elif arg == "qwen2_7b":
         c.model.init_from = "/ckpt/qwen2.5-7b-sft"  # the SFT policy (also the reference and the critic's start)
         c.model.dtype = "bfloat16"
         c.model.remat = "full"
         c.data.synthetic = False
         c.mesh = config_lib.mesh_block(fsdp=-1)
-        c.ppo = rl_common.ppo_block(prompts_per_step=512, samples_per_prompt=1, max_prompt_length=1024,
-                                    max_new_tokens=1024, epochs=1, num_minibatches=4, kl_coef=0.05,
-                                    missing_stop_penalty=1.0, eval_batch_size=256)
+        c.ppo = config_lib.ppo_block(prompts_per_step=512, samples_per_prompt=1, max_prompt_length=1024,
+                                     max_new_tokens=1024, epochs=1, num_minibatches=4, kl_coef=0.05,
+                                     missing_stop_penalty=1.0, eval_batch_size=256)
         c.optim = config_lib.optim_block(lr=1e-6, warmup_ratio=0.02, schedule="constant")
         c.critic_optim = config_lib.optim_block(lr=5e-6, warmup_ratio=0.02, schedule="constant")
         c.train.steps = 3500  # the paper's best checkpoint of its 6M-prompt run was near 3,500 steps (Fig. 2)
         c.train.eval_every = 100
         c.train.checkpoint_every = 50
-        c.genrm = rl_common.genrm_block(enabled=True, init_from="/ckpt/genrm-7b", max_new_tokens=256, max_prompt_length=4096,
-                              batch_size=64)
+        c.genrm = config_lib.genrm_block(enabled=True, init_from="/ckpt/genrm-7b", max_new_tokens=256,
+                                         max_prompt_length=4096, batch_size=64)
         c.pre_ppo.num_samples = 4
     else:
         raise ValueError(f"unknown preset {arg!r}; use tiny, tiny_hybrid or qwen2_7b")

@@ -17,27 +17,11 @@ Paper scale (LLaVA-OV-7B trunk, MM-RLHF pairs with GPT-4o-expanded reasons; loca
 
 import ml_collections
 
-from mm_rlhf_jax.train import config_lib
+from mm_rlhf_jax import config_lib
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
-    c = config_lib.base("reward_model")
-    c.reward = ml_collections.ConfigDict(dict(
-        mode="critique",  # critique (paper) | scalar (ablation "w/o Task 1")
-        score_weight=1.0,  # float_rewards_weight in the released code
-        tie_weight=1.0,  # weight of (r_c - r_r)^2 on tie pairs (undefined in the release; our choice)
-        center_weight=0.01,  # center_rewards_coefficient (released code; not in the paper)
-        critique_weight=1.0,  # critic_rewards_weight (paper: L_Critique + L_Score, 1:1)
-        head_dropout=0.0,  # RewardHead dropout (the release uses attention_dropout = 0 for Qwen2)
-        max_critique_tokens=64,  # greedy critique length at inference (release: 4096)
-        warm_start_max_length=128,  # max_length of the warm start's answer sequences (0 = data.max_length)
-    ))
-    c.score = ml_collections.ConfigDict(dict(
-        input="",  # dpo_pairs.jsonl to score after training ("" = no scoring)
-        output="",  # default: <input>_scored.jsonl
-        media_root="",  # default: the input file's folder
-    ))
-    c.data.max_length = 192  # critic prompt + image tokens + answer + critique
+    c = config_lib.schema("reward_model")
     if arg == "tiny":
         c.model.trainable = "all"
         # The MM-DPO tiny preset's trunk and data: three LM layers (two cannot compare a shape's
@@ -48,8 +32,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         # Teacher critiques that end the image fact on the word the answer is checked against, with the
         # verdict right after it ("The square in the image is green but the answer says blue, ..."):
         # the check is one attention lookup from the word being read, which the random-init decoder
-        # learns; with the verdict later in the critique it stays at the class prior (bench/RESULTS.md
-        # "Reward model (tiny)", sessions 10-11).
+        # learns; with the verdict later in the critique it stays at the class prior
+        # (bench/RESULTS.md "Reward model (tiny)").
         c.data.synthetic_critiques = "fact_check"
         # A terse wrong answer per visual training query: half the checked answers are then wrong, so
         # "always correct" is no longer a good guess for the verdict and the check gets learned.
@@ -60,7 +44,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.train.eval_every = 0
         c.train.checkpoint_every = 250
         # No SFT'd VLM to start from: fit the two best answers first so the trunk reads the images
-        # (train/warm_start.py; the paper's RM starts from LLaVA-OV-7B).
+        # (train/sft.py; the paper's RM starts from LLaVA-OV-7B).
         c.warm_start.steps = 300
         c.warm_start.top_k = 2
     elif arg == "llava_ov_7b":

@@ -18,11 +18,11 @@ from mm_rlhf_jax import distributed
 # Algorithm name -> "module:function"; imported lazily so one algorithm's
 # dependencies never load for another.
 ALGORITHMS: dict[str, str] = {
-    "reward_model": "mm_rlhf_jax.train.reward_model:run",
-    "mm_dpo": "mm_rlhf_jax.train.mm_dpo:run",
-    "ppo": "mm_rlhf_jax.train.ppo:run",
-    "align_pro": "mm_rlhf_jax.train.align_pro:run",
-    "longpo": "mm_rlhf_jax.train.longpo:run",
+    "reward_model": "mm_rlhf_jax.algorithms.reward_model.run:run",
+    "mm_dpo": "mm_rlhf_jax.algorithms.mm_dpo.run:run",
+    "ppo": "mm_rlhf_jax.algorithms.ppo.run:run",
+    "align_pro": "mm_rlhf_jax.algorithms.align_pro.run:run",
+    "longpo": "mm_rlhf_jax.algorithms.longpo.run:run",
 }
 
 config_flags.DEFINE_config_file("config", None, "configs/<algo>.py:<preset>", lock_config=True)

@@ -8,6 +8,10 @@ batch.py                     the batch contract the train steps consume, and val
 sources.py / example.py      grain sources (jsonl) and the per-example encoder
 pipeline.py                  grain pipeline: host shard, per-epoch shuffle, workers, checkpointable iterator
 tfds_builder.py              array_record tfds builder + source for the same pipeline
+prompts.py / prompts_pool.py generation prompts of pair records; RL prompt pools
+curriculum.py                the RL prompt iterator (math/code-first schedule)
+longpo/                      LongPO samples: chunking, self-generated pairs, filters, packing
+synthetic/                   the bundled tiny tasks behind the `tiny` presets (product, not test code)
 
 Submodules are imported explicitly (this package imports nothing heavy on its own).
 """

@@ -1,15 +1,11 @@
 """Prompt-only inputs for generation (critique generation, greedy-answer evals, rollouts).
 
 A prompt is chat-templated up to the assistant header, with its media token
-expanded exactly as in training, and left-padded in batches so every row ends
-at the same position (what rollout.sample expects).
+expanded exactly as in training; rollout.generate left-pads and batches them.
 """
-
-import numpy as np
 
 from mm_rlhf_jax.data.example import ExampleEncoder
 from mm_rlhf_jax.data.tokenize import critic_content, encode_turns, user_content
-from mm_rlhf_jax.rollout.sampler import left_pad
 
 
 def encode_prompt(encoder: ExampleEncoder, rec, *, media_root: str, text: str | None = None) -> dict:
@@ -30,13 +26,3 @@ def encode_critic_prompt(encoder: ExampleEncoder, rec, answer: str, *, media_roo
                           max_length=encoder.cfg.max_length, media=media, system=encoder.cfg.system_prompt,
                           where=rec.where)
     return {"prompt_ids": ids, **arrays}
-
-
-def collate_prompts(encoded: list[dict], pad_id: int, length: int | None = None) -> dict:
-    """Left-padded prompt_ids / prompt_mask int32[B, L] plus the stacked pixel arrays."""
-    ids, mask = left_pad([e["prompt_ids"].tolist() for e in encoded], pad_id, length)
-    out = {"prompt_ids": ids, "prompt_mask": mask}
-    for k in encoded[0]:
-        if k != "prompt_ids":
-            out[k] = np.stack([e[k] for e in encoded])
-    return out

@@ -110,11 +110,3 @@ def write_prompt_pool(path: str, records: Iterable[PromptRecord]) -> str:
             f.write(json.dumps(rec.to_json(), ensure_ascii=False) + "\n")
     os.replace(tmp, path)
     return path
-
-
-def require_field(rec: PromptRecord, field: str, purpose: str) -> str:
-    value = getattr(rec, field)
-    if value is None:
-        raise DataError(rec.where, field, f"record {rec.id!r} (domain {rec.domain!r}) has no {field}, "
-                                          f"which {purpose} needs")
-    return value

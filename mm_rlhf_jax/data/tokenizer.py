@@ -85,3 +85,21 @@ def _single_id(tok, token: str) -> int | None:
 def special_ids(tok) -> SpecialIds:
     return SpecialIds(pad=int(tok.pad_token_id), eos=int(tok.eos_token_id),
                       image=_single_id(tok, IMAGE_TOKEN), video=_single_id(tok, VIDEO_TOKEN))
+
+
+def resolve_tokenizer(explicit: str, init_from: str, synthetic_path: str, build_synthetic=None) -> str:
+    """The one tokenizer rule of every run.
+
+    `explicit` (the data block's tokenizer) if set; else the model checkpoint's
+    folder (`init_from`); else, for runs on a bundled synthetic task, that
+    task's tokenizer, built once into `synthetic_path` by build_synthetic(path).
+    """
+    if explicit:
+        return explicit
+    if init_from:
+        return init_from
+    if build_synthetic is None:
+        raise ValueError("set data.tokenizer or model.init_from (the folder holding the tokenizer)")
+    from mm_rlhf_jax.data.synthetic import build_once
+
+    return build_once(synthetic_path, build_synthetic)

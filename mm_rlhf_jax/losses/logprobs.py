@@ -34,8 +34,3 @@ def masked_sum(x, mask):
     """(sum over the last axis of x * mask, count of mask) in f32."""
     mask = mask.astype(jnp.float32)
     return jnp.sum(x.astype(jnp.float32) * mask, axis=-1), jnp.sum(mask, axis=-1)
-
-
-def masked_mean(x, mask):
-    total, count = masked_sum(x, mask)
-    return total / jnp.maximum(count, 1.0)

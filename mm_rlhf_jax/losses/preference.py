@@ -15,6 +15,8 @@ from mm_rlhf_jax.registry import Registry
 
 # name -> f(logits f32[B], beta f32[B], label_smoothing) -> losses f32[B]
 PAIR_LOSSES: Registry[Callable] = Registry("preference loss")
+# Losses defined on length-normalised log-ratios (pass chosen_lengths / rejected_lengths to dpo_loss).
+LENGTH_NORMALISED = frozenset({"ipo"})
 
 
 @PAIR_LOSSES.register("sigmoid")

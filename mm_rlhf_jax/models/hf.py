@@ -27,13 +27,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from mm_rlhf_jax.models import hf_config, hf_safetensors, hf_weights
 from mm_rlhf_jax.models.config import DecoderConfig
 from mm_rlhf_jax.models.decoder import Decoder
 from mm_rlhf_jax.models.vlm import LlavaOnevision, LlavaOnevisionConfig
+from mm_rlhf_jax.sharding import placement
 from mm_rlhf_jax.sharding.rules import TRAIN_RULES, logical_shardings
 
 SUPPORTED_ARCHITECTURES = tuple(hf_config.ARCHITECTURES.names())
@@ -192,10 +192,8 @@ def load_pretrained(path: str, dtype=jnp.float32, *, param_dtype=None, mesh: Mes
         def read(index, spec=spec, leaf=leaf):
             return spec.read(get, index).astype(leaf.dtype)
 
-        if shardings is None:
-            arrays[path_t] = jax.device_put(read(tuple(slice(None) for _ in leaf.shape)))
-        else:
-            arrays[path_t] = jax.make_array_from_callback(leaf.shape, shardings[path_t], read)
+        arrays[path_t] = placement.put_from_callback(leaf.shape, None if shardings is None else shardings[path_t],
+                                                     read)
     params = jax.tree_util.tree_unflatten(
         jax.tree_util.tree_structure(nn.meta.unbox(abstract)), [arrays[p] for p in leaves]
     )
@@ -212,12 +210,6 @@ def _parse_size(size) -> int:
     unit = m.group(2).upper()
     base = {"K": 1, "M": 2, "G": 3}[unit[0]]
     return int(float(m.group(1)) * ((1024 if "I" in unit else 1000) ** base))
-
-
-def _host(x) -> np.ndarray:
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
 
 
 def save_pretrained(model: nn.Module, params, path: str, *, max_shard_size=DEFAULT_MAX_SHARD_SIZE, dtype=None,
@@ -256,7 +248,7 @@ def save_pretrained(model: nn.Module, params, path: str, *, max_shard_size=DEFAU
         out_dtype = np.dtype(dtype or leaf.dtype)
         for i, key in enumerate(spec.keys):
             def fetch(leaf=leaf, spec=spec, i=i, out_dtype=out_dtype):
-                value = _host(leaf[i] if spec.stacked else leaf)
+                value = placement.fetch(leaf[i] if spec.stacked else leaf)
                 return spec.to_torch(value).astype(out_dtype)
 
             tensors.append(hf_safetensors.TensorToWrite(key, spec.torch_shape, out_dtype, fetch))

@@ -18,19 +18,13 @@ rate is logged, never hidden.
 """
 
 import dataclasses
-import functools
 import re
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from mm_rlhf_jax.data.errors import DataError
-from mm_rlhf_jax.data.tokenize import encode_turns
 from mm_rlhf_jax.registry import Registry
-from mm_rlhf_jax.rollout import left_pad, sample
-from mm_rlhf_jax.rollout.strategies import SamplingConfig
+from mm_rlhf_jax.rollout.generate import Generator, chat_encoder
 
 JUDGE_TEMPLATES: Registry[str] = Registry("GenRM judge template")
 JUDGE_TEMPLATES.register("default")(
@@ -84,7 +78,7 @@ class GenRMConfig:
     max_prompt_length: int = 1024  # judge prompts longer than this fail (failure_value, valid=False)
     batch_size: int = 8  # judge prompts per generation call (padded with repeats to a fixed shape)
     failure_value: float = 0.0
-    length_bucket: int = 32  # prompt lengths are padded up to a multiple (fewer recompilations)
+    length_bucket: int = 32  # the smallest prompt-length bucket (rollout.generate.bucket_length)
 
 
 @dataclasses.dataclass
@@ -94,71 +88,25 @@ class GenRMScores:
     outputs: list[str]  # the judge's decoded outputs
 
 
-class TextGenerator:
-    """Greedy generation for chat-templated user texts through rollout.sample (judges, critique RMs).
+class GenRM:
+    """A judge LM scoring (prompt, response) against a reference; see the module docstring.
 
-    apply_fn(params, ids, *, positions, segment_ids, cache, **kw) -> object with .logits and .cache.
-    Prompts are left-padded to a length bucket and batches padded with repeats, so
-    a few compiled shapes serve every call. A prompt over max_prompt_length yields None.
+    generator: a rollout.generate.Generator over the judge whose encode turns a
+    judge prompt (a user text) into chat-templated ids, with
+    max_new_tokens / batch_size from cfg (GenRM.build makes one); params: the judge's.
     """
 
-    def __init__(self, apply_fn: Callable[..., Any], init_cache: Callable, params, tokenizer, *,
-                 max_new_tokens: int, max_prompt_length: int, batch_size: int, length_bucket: int = 32,
-                 put: Callable[[dict], dict] | None = None):
-        self.params, self.tokenizer = params, tokenizer
-        self.max_prompt_length, self.batch_size, self.length_bucket = max_prompt_length, batch_size, length_bucket
-        self.put = put or (lambda b: {k: jnp.asarray(v) for k, v in b.items()})
-        self._generate = jax.jit(functools.partial(
-            sample, apply_fn, init_cache=init_cache, max_new_tokens=max_new_tokens,
-            stop_ids=(int(tokenizer.eos_token_id),), sampling=SamplingConfig("greedy")))
-
-    def encode(self, text: str) -> list[int] | None:
-        try:
-            ids, _ = encode_turns(self.tokenizer, text, None, max_length=self.max_prompt_length, media=None)
-        except DataError:
-            return None
-        return ids.tolist() if len(ids) <= self.max_prompt_length else None
-
-    def __call__(self, texts: Sequence[str]) -> list[str | None]:
-        encoded = [self.encode(t) for t in texts]
-        todo = [i for i, e in enumerate(encoded) if e is not None]
-        outputs: list[str | None] = [None] * len(texts)
-        bs, bucket = self.batch_size, self.length_bucket
-        pad_id = int(self.tokenizer.pad_token_id)
-        for start in range(0, len(todo), bs):
-            rows = todo[start:start + bs]
-            seqs = [encoded[i] for i in rows]
-            seqs += [seqs[0]] * (bs - len(seqs))  # fixed batch shape
-            length = min(-(-max(map(len, seqs)) // bucket) * bucket, self.max_prompt_length)
-            ids, mask = left_pad(seqs, pad_id, length)
-            batch = self.put({"prompt_ids": ids, "prompt_mask": mask})
-            out = jax.device_get(self._generate(self.params, batch["prompt_ids"], batch["prompt_mask"],
-                                                rng=jax.random.PRNGKey(0)))
-            for j, i in enumerate(rows):
-                toks = np.asarray(out.tokens[j])[: int(out.lengths[j])].tolist()
-                outputs[i] = self.tokenizer.decode(toks, skip_special_tokens=True).strip()
-        return outputs
-
-
-def module_apply_fn(module):
-    """The sampler's apply_fn for a Flax model (Decoder, LLaVA-OV, ModelWithHeads)."""
-    return lambda p, ids, **kw: module.apply({"params": p}, ids, compute_logits=True, **kw)
-
-
-class GenRM:
-    """A judge LM scoring (prompt, response) against a reference; see the module docstring."""
-
-    def __init__(self, apply_fn: Callable[..., Any], init_cache: Callable, params, tokenizer, cfg: GenRMConfig,
-                 *, put: Callable[[dict], dict] | None = None):
-        self.cfg = cfg
+    def __init__(self, generator: Generator, params, cfg: GenRMConfig):
+        self.generator, self.params, self.cfg = generator, params, cfg
         self.template = JUDGE_TEMPLATES.get(cfg.template)
-        self.generate = TextGenerator(apply_fn, init_cache, params, tokenizer, max_new_tokens=cfg.max_new_tokens,
-                                      max_prompt_length=cfg.max_prompt_length, batch_size=cfg.batch_size,
-                                      length_bucket=cfg.length_bucket, put=put)
 
     @classmethod
-    def from_module(cls, module, params, tokenizer, cfg: GenRMConfig, *, put=None) -> "GenRM":
-        return cls(module_apply_fn(module), module.init_cache, params, tokenizer, cfg, put=put)
+    def build(cls, module, params, tokenizer, mesh, cfg: GenRMConfig) -> "GenRM":
+        """A greedy judge over `module` (params already in the layout it samples in)."""
+        gen = Generator(module, tokenizer, mesh, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                        encode=chat_encoder(tokenizer, max_length=cfg.max_prompt_length),
+                        min_bucket=cfg.length_bucket)
+        return cls(gen, params, cfg)
 
     def judge_texts(self, prompts: Sequence[str], responses: Sequence[str], references: Sequence[str]) -> list[str]:
         if not len(prompts) == len(responses) == len(references):
@@ -167,8 +115,14 @@ class GenRM:
         return [self.template.format(prompt=p, reference=r, response=y)
                 for p, y, r in zip(prompts, responses, references)]
 
+    def judge(self, texts: Sequence[str]) -> list[str | None]:
+        """The judge's greedy outputs; None for a judge prompt over max_prompt_length."""
+        fits = [self.generator.fits(t) for t in texts]
+        outputs = iter(self.generator.texts(self.params, [t for t, ok in zip(texts, fits) if ok]))
+        return [next(outputs) if ok else None for ok in fits]
+
     def score(self, prompts: Sequence[str], responses: Sequence[str], references: Sequence[str]) -> GenRMScores:
-        outputs = self.generate(self.judge_texts(prompts, responses, references))
+        outputs = self.judge(self.judge_texts(prompts, responses, references))
         parsed = [None if o is None else parse_score(o) for o in outputs]
         valid = np.array([p is not None for p in parsed], bool)
         scores = np.array([self.cfg.failure_value if p is None else p for p in parsed], np.float32)

@@ -8,7 +8,6 @@ applies to the record:
                       (VERIFIER_FIELDS: math -> ground_truth, code -> unit_tests)   {0, 1}
   genrm_ground_truth  the record has a ground_truth: GenRM(x, y, ground truth)     [0, 1]
   genrm_reference     the record has a best-of-N reference: GenRM(x, y, reference) [0, 1]
-  bradley_terry       a Bradley-Terry scorer is configured: BT(x, y)               unbounded
 
 The default order is the paper's ranking of resistance to reward hacking
 (RTV, then GenRM with ground truth, then GenRM with a best-of-N reference).
@@ -24,7 +23,7 @@ thread pool (the code sandbox spends its time in a child process).
 import concurrent.futures
 import dataclasses
 import functools
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -54,7 +53,6 @@ class RewardContext:
 
     verifiers: Mapping[str, str] = dataclasses.field(default_factory=lambda: {"math": "math", "code": "code"})
     genrm: object | None = None  # rewards.genrm.GenRM
-    bradley_terry: Callable[[Sequence[str], Sequence[str]], np.ndarray] | None = None
     num_workers: int = 2  # verifier threads
     cache_size: int = 65536
 
@@ -104,23 +102,10 @@ class GenRMReferenceSource(_GenRMSource):
     field = "reference"
 
 
-class BradleyTerrySource:
-    def __init__(self, ctx: RewardContext):
-        self.scorer = ctx.bradley_terry
-
-    def applies(self, rec: PromptRecord) -> bool:
-        return self.scorer is not None
-
-    def score(self, recs, responses):
-        s = np.asarray(self.scorer([r.prompt for r in recs], list(responses)), np.float32)
-        return s, np.ones(len(s), bool)
-
-
 REWARD_SOURCES: Registry = Registry("reward source")
 REWARD_SOURCES.register("verifier")(VerifierSource)
 REWARD_SOURCES.register("genrm_ground_truth")(GenRMGroundTruthSource)
 REWARD_SOURCES.register("genrm_reference")(GenRMReferenceSource)
-REWARD_SOURCES.register("bradley_terry")(BradleyTerrySource)
 
 
 class RewardRouter:

@@ -55,15 +55,6 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices=None) -> Mesh:
     )
 
 
-def batch_sharding(mesh: Mesh, ndim: int, seq_dim: int | None = None) -> NamedSharding:
-    """Sharding for a data array whose leading dim is the batch."""
-    spec = [None] * ndim
-    spec[0] = BATCH_AXES
-    if seq_dim is not None:
-        spec[seq_dim] = "sequence"
-    return NamedSharding(mesh, P(*spec))
-
-
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

@@ -17,9 +17,9 @@ from typing import Any, Callable, Iterator, Protocol
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 from tqdm import tqdm
 
+from mm_rlhf_jax.sharding import placement
 from mm_rlhf_jax.train.checkpoint import Checkpointer
 from mm_rlhf_jax.train.metrics import MetricWriter, to_python
 
@@ -55,9 +55,7 @@ class _SigtermFlag:
         self.stop = True
 
     def should_stop(self) -> bool:
-        if jax.process_count() > 1:  # every host must stop at the same step
-            return bool(multihost_utils.process_allgather(np.array(self.stop)).any())
-        return self.stop
+        return placement.any_process(self.stop)  # every host must stop at the same step
 
     def __exit__(self, *exc):
         if self._previous is not None:
@@ -100,7 +98,7 @@ def run_loop(
     progress: bool = True,
 ):
     """Runs steps [state.step, total_steps) and returns (state, final eval metrics)."""
-    start = int(jax.device_get(state.step))
+    start = int(placement.fetch(state.step))
     pending = None  # (step, device metrics) of the last dispatched step
 
     def drain():
@@ -109,7 +107,7 @@ def run_loop(
             return
         step, metrics = pending
         pending = None
-        host = {k: to_python(v) for k, v in jax.device_get(metrics).items()}
+        host = {k: to_python(v) for k, v in placement.fetch_tree(metrics).items()}
         check_finite(step, host)
         if step % log_every == 0 or step == total_steps - 1:
             writer.write(step, host)

@@ -1,7 +1,12 @@
-"""Model + parameters from the config's `model` block: a local HF checkpoint or a tiny random init.
+"""The one model loader: module + parameters from a `model` block, a local HF checkpoint or a tiny random init.
 
     init_from = "/ckpt/llava-onevision-qwen2-7b-ov-hf"   -> models.hf.load_pretrained (streamed, sharded)
     init_from = ""                                       -> the `tiny` architecture, random init (seeded)
+
+Every model of a run comes from here: the policy (`build` + `initial_params`),
+a second checkpoint such as the GenRM judge or Align-Pro's frozen model
+(`pretrained`, with the policy block's numerics), and LongPO's per-round
+modules (`architecture` + `hf.build_model`).
 """
 
 import jax
@@ -62,42 +67,38 @@ def tiny_config(c: ml_collections.ConfigDict):
                                 video_token_id=t.video_token_id, image_grid_pinpoints=pinpoints)
 
 
+def _overrides(c: ml_collections.ConfigDict) -> dict:
+    return dict(remat=c.remat, scan_layers=c.scan_layers, attention_impl=c.attention_impl)
+
+
+def architecture(c: ml_collections.ConfigDict):
+    """The model config (DecoderConfig / LlavaOnevisionConfig) of the `model` block, numerics applied."""
+    if c.init_from:
+        return hf.load_config(c.init_from, dtype(c.dtype), param_dtype=dtype(c.param_dtype), **_overrides(c))
+    return tiny_config(c)
+
+
 def build(c: ml_collections.ConfigDict, seed: int):
     """(module, reference identity dict) from the `model` block; no parameters are created."""
     if c.init_from:
-        overrides = dict(remat=c.remat, scan_layers=c.scan_layers, attention_impl=c.attention_impl)
-        config = hf.load_config(c.init_from, dtype(c.dtype), param_dtype=dtype(c.param_dtype), **overrides)
         identity = {"checkpoint": reference_cache.checkpoint_identity(c.init_from), "dtype": c.dtype}
-        return hf.build_model(config), identity
+        return hf.build_model(architecture(c)), identity
     return hf.build_model(tiny_config(c)), {"tiny": c.tiny.to_dict(), "seed": seed, "dtype": c.dtype}
 
 
 def initial_params(c: ml_collections.ConfigDict, module, mesh: Mesh, rules, seed: int):
     """The starting parameters, sharded on mesh: streamed from init_from, or a seeded random init."""
     if c.init_from:
-        overrides = dict(remat=c.remat, scan_layers=c.scan_layers, attention_impl=c.attention_impl)
         loaded, params = hf.load_pretrained(c.init_from, dtype(c.dtype), param_dtype=dtype(c.param_dtype),
-                                            mesh=mesh, rules=rules, **overrides)
-        assert loaded.config == module.config
+                                            mesh=mesh, rules=rules, **_overrides(c))
+        if loaded.config != module.config:
+            raise ValueError(f"{c.init_from}: the loaded architecture {loaded.config} differs from the module "
+                             f"built from the same block {module.config}")
         return params
     return hf.init_params(module, jax.random.PRNGKey(seed), mesh, rules)
 
 
-def model_block(**tiny_overrides) -> ml_collections.ConfigDict:
-    """The default `model` config block (tiny LLaVA-OV-shaped VLM unless init_from is set)."""
-    tiny = dict(
-        multimodal=True, vocab_size=512, hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4,
-        num_kv_heads=2, rope_theta=10000.0, max_position_embeddings=1024, vision_hidden_size=64,
-        vision_intermediate_size=128, vision_num_layers=2, vision_num_heads=4, image_size=32, patch_size=8,
-        image_token_id=5, video_token_id=6)
-    tiny.update(tiny_overrides)
-    return ml_collections.ConfigDict(dict(
-        init_from="",  # local transformers checkpoint folder; "" = random init of `tiny`
-        dtype="float32",  # compute dtype (bfloat16 on accelerators)
-        param_dtype="float32",  # storage dtype
-        remat="none",  # none | full | dots
-        scan_layers=False,
-        attention_impl="auto",  # auto | pallas | xla | reference
-        trainable="all",  # a TRAINABLE name
-        tiny=tiny,
-    ))
+def pretrained(path: str, c: ml_collections.ConfigDict, mesh: Mesh, rules):
+    """(module, params) of another checkpoint (a judge, a frozen model) with block c's numerics."""
+    return hf.load_pretrained(path, dtype(c.dtype), param_dtype=dtype(c.param_dtype), mesh=mesh, rules=rules,
+                              **_overrides(c))

@@ -1,58 +1,104 @@
-"""Short supervised warm start (SFT) on (user, assistant) text demonstrations.
+"""The one supervised phase (SFT): token-mean NLL of response tokens, one optimizer recipe, one phase.
 
-PPO and Align-Pro start from an SFT policy; the tiny presets build one here
-from the bundled synthetic demonstrations (a random-init model cannot sample
-a single correct answer, so RL alone would have no signal). The run lives in
-its own workdir folder with orbax checkpoints, so re-running resumes it and a
-finished warm start is restored instead of retrained.
+Every warm start runs through `run`: the tiny MM-DPO / reward-model trunks (the
+stand-in for the paper's SFT'd LLaVA-OV), the PPO and Align-Pro policies, the
+tiny GenRM judge and Align-Pro's tiny frozen model (the demonstrations RL needs
+a starting point for), and LongPO's short-context model pi_S. Paper-scale
+presets start from a checkpoint instead (`steps = 0`).
 
-    params = run_sft(workdir/"warm_start", module, params, arrays, sft_cfg, mesh)
+    params = sft.run(ctx.path("warm_start"), ctx, module, params, batches, w, trainable=...)
 
-Loss: token-mean NLL over assistant tokens, log-probs from kernels.token_logprobs.
+Batches carry an explicit pair axis (data.batch): input_ids / attention_mask /
+loss_mask [B, n, T], plus pixel arrays for multimodal data; only the first
+sequence of each row (the chosen response) is fitted. Front-ends:
+
+  ArrayBatches(sequence_arrays(seqs, ...))   token sequences with loss masks built by the caller
+                                              (text demonstrations: text_demos; LongPO: its renderer)
+  best_responses(source, top_k)               the top-ranked responses of a pair file, through the
+                                              grain pair pipeline (images and videos included)
+
+Loss: -sum(log p(response tokens)) / (number of response tokens), through
+forward.pair_logps (only response positions reach the LM head). Optimizer:
+train.optim.sft_optimizer (Adam, warmup, cosine to 5%). The phase keeps its
+checkpoints in its folder, so a re-run restores a finished warm start.
+`top_k = 2` fits the two best-ranked responses of each query: the reference
+then gives both answer styles real probability, so DPO's implicit reward can
+separate them (with top_k = 1 the second-best answer starts far below the
+reference's favourite and every pair that prefers it lifts its log-ratio above
+the best's).
 """
 
 import logging
+from typing import Sequence
 
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import Mesh
 
+from mm_rlhf_jax.data import pairs as pairs_lib, pipeline
+from mm_rlhf_jax.data.sources import RecordPairSource
 from mm_rlhf_jax.data.tokenize import encode_turns
-from mm_rlhf_jax.losses.logprobs import masked_sum, shifted_token_logprobs
-from mm_rlhf_jax.train import data_setup, setup, state as state_lib
-from mm_rlhf_jax.train.optim import make_optimizer
+from mm_rlhf_jax.sharding import placement
+from mm_rlhf_jax.train import forward, phase, reference_cache, state as state_lib
+from mm_rlhf_jax.train.optim import sft_optimizer
+
+# Batch keys with the pair axis (see data.batch); the SFT loss keeps index 0 (chosen).
+PAIR_KEYS = ("input_ids", "attention_mask", "loss_mask")
 
 
-def sft_block(**overrides) -> ml_collections.ConfigDict:
-    d = dict(
-        steps=0,  # 0 = no warm start
-        batch_size=32,
-        lr=3e-3,
-        warmup_ratio=0.05,
-        b2=0.98,  # Adam b2: 0.999 adapts too slowly for a few hundred steps on a tiny model
-        max_length=48,  # tokens per demonstration (prompt + response)
-        num_examples=0,  # demonstrations to generate (synthetic tasks); 0 = the whole SFT split
-        label_noise=0.0,  # fraction of demonstrations with a wrong answer (imperfect SFT data)
-        seed=0,
-        log_every=50,
-    )
-    d.update(overrides)
-    return ml_collections.ConfigDict(d)
+def sft_terms(module, params, batch):
+    """(loss, metrics): token-mean NLL of the first (chosen) sequence of each row."""
+    chosen = {k: (v[:, :1] if k in PAIR_KEYS else v) for k, v in batch.items()}
+    logps, counts = forward.pair_logps(module, params, chosen)
+    loss = -jnp.sum(logps) / jnp.maximum(jnp.sum(counts), 1.0)
+    return loss, {"train/loss": loss, "sft/tokens": jnp.sum(counts)}
 
 
-def sft_arrays(tokenizer, conversations, max_length: int) -> dict[str, np.ndarray]:
-    """input_ids / attention_mask int32[N, T], loss_mask f32[N, T] (right-padded) for (user, assistant) pairs."""
-    n = len(conversations)
-    ids = np.full((n, max_length), int(tokenizer.pad_token_id), np.int32)
-    att, loss = np.zeros((n, max_length), np.int32), np.zeros((n, max_length), np.float32)
+def sft_step(state, batch, *, module, tx, mask):
+    return state_lib.minimize(lambda p, b: sft_terms(module, p, b), state, batch, tx, mask)
+
+
+def run(directory: str, ctx: phase.RunContext, module, params, batches, w: ml_collections.ConfigDict, *,
+        trainable: tuple[str, ...] = (".*",)):
+    """Fits `params` for w.steps on `batches` (a checkpointable iterator of host batches); returns the params.
+
+    w: an SFT block (config_lib: steps, lr, warmup_ratio, b2, grad_clip, seed, log_every).
+    """
+    logging.info("supervised phase: %d steps -> %s", w.steps, directory)
+    result = phase.train_params(directory, ctx, module, lambda: params, sft_step, batches, sft_optimizer(w),
+                                trainable=trainable, seed=w.seed, steps=w.steps, log_every=w.log_every,
+                                checkpoint_every=max(w.steps // 4, 1))
+    return result.state.params
+
+
+# ------------------------------------------------------------------------------------------- front-ends
+
+
+def sequence_arrays(seqs: Sequence[tuple[Sequence[int], Sequence[float]]], pad_id: int,
+                    max_length: int) -> dict[str, np.ndarray]:
+    """input_ids / attention_mask int32[N, 1, T], loss_mask f32[N, 1, T] (right-padded) from (ids, loss mask)."""
+    n = len(seqs)
+    ids = np.full((n, 1, max_length), pad_id, np.int32)
+    att, loss = np.zeros((n, 1, max_length), np.int32), np.zeros((n, 1, max_length), np.float32)
+    for i, (seq, m) in enumerate(seqs):
+        if len(seq) > max_length:
+            raise ValueError(f"demonstration {i} has {len(seq)} tokens > max_length={max_length}")
+        if np.sum(m) < 1:
+            raise ValueError(f"demonstration {i} has no response token within max_length={max_length}")
+        ids[i, 0, :len(seq)], att[i, 0, :len(seq)], loss[i, 0, :len(seq)] = seq, 1, m
+    return {"input_ids": ids, "attention_mask": att, "loss_mask": loss}
+
+
+def text_demos(tokenizer, conversations: Sequence[tuple[str, str]], max_length: int) -> dict[str, np.ndarray]:
+    """sequence_arrays of (user, assistant) text demonstrations through the chat template."""
+    seqs = []
     for i, (user, assistant) in enumerate(conversations):
-        seq, mask = encode_turns(tokenizer, user, assistant, max_length=max_length, media=None)
-        if mask.sum() < 1:
+        seq, m = encode_turns(tokenizer, user, assistant, max_length=max_length, media=None)
+        if m.sum() < 1:
             raise ValueError(f"demonstration {i} ({user[:60]!r}) has no response token within "
                              f"max_length={max_length}")
-        ids[i, :len(seq)], att[i, :len(seq)], loss[i, :len(seq)] = seq, 1, mask
-    return {"input_ids": ids, "attention_mask": att, "loss_mask": loss}
+        seqs.append((seq, m))
+    return sequence_arrays(seqs, int(tokenizer.pad_token_id), max_length)
 
 
 class ArrayBatches:
@@ -74,33 +120,49 @@ class ArrayBatches:
         self.index = int(state["index"])
 
 
-def sft_loss(module, params, batch):
-    out = module.apply({"params": params}, batch["input_ids"], attention_mask=batch["attention_mask"],
-                       compute_logits=False)
-    lp = shifted_token_logprobs(out.hidden_states, module.lm_head_weight(params), batch["input_ids"])
-    total, count = masked_sum(lp, batch["loss_mask"])
-    n = jnp.maximum(jnp.sum(count), 1.0)
-    loss = -jnp.sum(total) / n
-    return loss, {"train/loss": loss, "sft/tokens": jnp.sum(count)}
+def best_responses(source, top_k: int = 1) -> RecordPairSource:
+    """One element per (query, response ranked in the top k): responses beaten by fewer than k others.
+
+    Ranks are data.pairs.response_ranks (competition ranking), so tied best
+    responses (both rank 0; their tie pair is absent from DPO data) are both kept.
+    """
+    if top_k < 1:
+        raise ValueError(f"warm_start.top_k must be >= 1, got {top_k}")
+    records = source.records  # a copy per access
+    ranks = pairs_lib.response_ranks(records)
+    seen, keep = set(), []
+    for r in records:
+        if ranks[(r.id, r.chosen)] >= top_k or (r.id, r.chosen) in seen:
+            continue
+        seen.add((r.id, r.chosen))
+        keep.append(r)
+    if not keep:
+        raise ValueError(f"{source!r}: no responses ranked in the top {top_k} found")
+    return RecordPairSource(keep, source.media_root)
 
 
-def sft_train_step(state, batch, *, module, tx, mask):
-    return state_lib.minimize(lambda p, b: sft_loss(module, p, b), state, batch, tx, mask)
+def on_pairs(ctx: phase.RunContext, module, params, source, encoder_cfg, w: ml_collections.ConfigDict, *,
+             batch_size: int, num_workers: int, trainable: tuple[str, ...]):
+    """The warm start on the best-ranked responses of a pair source (a no-op when w.steps == 0).
+
+    w: a pair warm-start block (top_k; batch_size 0 = `batch_size`, the data block's).
+    """
+    if not w.steps:
+        return params
+    best = best_responses(source, w.top_k)
+    batches = pipeline.make_iterator(best, encoder_cfg, pipeline.PipelineConfig(
+        batch_size=placement.per_host_batch(w.batch_size or batch_size, ctx.mesh), seed=w.seed, num_epochs=None,
+        num_workers=num_workers))
+    logging.info("warm start: %d best responses", len(best))
+    return run(ctx.path("warm_start"), ctx, module, params, batches, w, trainable=trainable)
 
 
-def optimizer(c: ml_collections.ConfigDict):
-    from mm_rlhf_jax.train.config_lib import optim_block
+def pair_identity(w: ml_collections.ConfigDict, trainable: str, train_file: str) -> dict:
+    """What a warm start on a pair file adds to the reference identity (the reference cache key).
 
-    opt = optim_block(name="adam", lr=c.lr, schedule="cosine", warmup_ratio=c.warmup_ratio, final_lr_ratio=0.05,
-                      b2=c.b2)
-    return make_optimizer(opt, c.steps)
-
-
-def run_sft(directory: str, module, params, arrays: dict[str, np.ndarray], c: ml_collections.ConfigDict,
-            mesh: Mesh, rules, *, trainable=(".*",), eval_fn=None):
-    """Trains `params` for c.steps (resuming from directory/checkpoints); returns (params, final eval)."""
-    data_iter = ArrayBatches(arrays, data_setup.per_host_batch(c.batch_size, mesh), c.seed)
-    logging.info("SFT warm start: %d demonstrations, %d steps -> %s", data_iter.n, c.steps, directory)
-    return setup.run_phase(directory, module, params, sft_train_step, data_iter, optimizer(c), trainable=trainable,
-                           mesh=mesh, rules=rules, steps=c.steps, seed=c.seed, log_every=c.log_every,
-                           checkpoint_every=max(c.steps // 4, 1), eval_fn=eval_fn)
+    The warm-started weights depend on the training pairs, so their file's
+    content hash is part of the key.
+    """
+    if not w.steps:
+        return {}
+    return {"warm_start": w.to_dict(), "trainable": trainable, "train_pairs": reference_cache.file_digest(train_file)}

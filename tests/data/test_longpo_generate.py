@@ -1,23 +1,22 @@
-"""LongPO pair generation: stages, filters, grouping, resume after a crash; the sampler-backed generator."""
+"""LongPO pair generation: stages, filters, grouping, resume after a crash (the generator itself: tests/rollout)."""
 
 import dataclasses
 import json
 import os
 import re
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from mm_rlhf_jax.data.longpo import prompts
 from mm_rlhf_jax.data.longpo.generate import GenerationConfig, generate_samples, load_samples
-from mm_rlhf_jax.data.longpo.textgen import Generation, SamplerTextGenerator, bucket_length, render_prompt
 from mm_rlhf_jax.data.tokenizer import load_tokenizer
-from mm_rlhf_jax.models import hf
-from mm_rlhf_jax.models.config import DecoderConfig
-from mm_rlhf_jax.rollout.strategies import SamplingConfig
 from mm_rlhf_jax.data.synthetic import longdoc as longdoc_task
+
+@dataclasses.dataclass(frozen=True)
+class Reply:  # what generate_samples reads of a generation
+    text: str
+    truncated: bool
+
 
 # A fact in every passage (8 distinct names per document), so every chunk can be asked about.
 TASK = longdoc_task.TaskConfig(passages_per_doc=8, facts_per_doc=8, needle_span=1.0, min_filler=1, max_filler=2)
@@ -43,7 +42,7 @@ class FakeModel:
             raise RuntimeError("simulated crash")
         self.calls += 1
         self.items += len(conversations)
-        return [Generation(self.reply(c[-1]["content"]), False, 5) for c in conversations]
+        return [Reply(self.reply(c[-1]["content"]), False) for c in conversations]
 
     def reply(self, content):
         facts = re.findall(r"The code list has (\w+) (\w+) \.", content)
@@ -140,42 +139,3 @@ def test_load_samples_errors_name_line_and_field(tmp_path):
     path.write_text(json.dumps({k: v for k, v in good.items() if k != "chosens"}) + "\n")
     with pytest.raises(ValueError, match=r"samples.jsonl:1: field 'chosens': missing"):
         load_samples(str(path))
-
-
-def test_bucket_length():
-    assert [bucket_length(n) for n in (1, 64, 65, 100, 129, 1000, 131072, 131073)] == [
-        64, 64, 128, 128, 192, 1024, 131072, 163840]
-    assert all(bucket_length(n) >= n and bucket_length(n) <= 1.25 * n + 64 for n in range(1, 5000, 37))
-
-
-def test_sampler_generator_matches_naive_greedy(tmp_path):
-    """Batched, bucketed, padded generation == one-prompt-at-a-time greedy decoding on full forwards."""
-    tok = load_tokenizer(longdoc_task.build_tokenizer(str(tmp_path / "tok"), prompts.PHRASES))
-    cfg = DecoderConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-                        num_kv_heads=2, architecture="qwen2", qkv_bias=True, dtype=jnp.float32,
-                        param_dtype=jnp.float32)
-    model = hf.build_model(cfg)
-    params = hf.init_params(model, jax.random.PRNGKey(1))
-    docs = longdoc_task.make_documents(0, 3, TASK)
-    convs = [prompts.answer_prompt(d.passages[0], prompts.PHRASES[0], "What is the code of Anna ?") for d in docs]
-    convs[1] = prompts.answer_prompt(docs[1].text, "", "What is the code of Ben ?")  # a longer prompt
-    gen = SamplerTextGenerator(model, params, tok, max_new_tokens=6, sampling=SamplingConfig("greedy"),
-                               batch_size=4, stop_ids=[tok.eos_token_id])
-    outs = gen(convs, seed=0)
-    # Right padding never changes earlier positions of a causal model: one compile for every length.
-    width = max(len(render_prompt(tok, c)) for c in convs) + 6
-    logits_fn = jax.jit(lambda p, ids, at: model.apply({"params": p}, ids).logits[0, at])
-    for conv, out in zip(convs, outs):
-        ids = render_prompt(tok, conv)
-        new = []
-        for _ in range(6):
-            seq = ids + new
-            nxt = int(jnp.argmax(logits_fn(params, jnp.asarray([seq + [0] * (width - len(seq))]), len(seq) - 1)))
-            new.append(nxt)
-            if nxt == tok.eos_token_id:
-                break
-        assert out.num_tokens == len(new)
-        assert out.truncated == (new[-1] != tok.eos_token_id)
-        assert out.text == tok.decode(new, skip_special_tokens=True).strip()
-    with pytest.raises(ValueError, match="5 conversations for a generator of batch_size=4"):
-        gen(convs + convs[:2], seed=0)

@@ -11,7 +11,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from mm_rlhf_jax import distributed
-from mm_rlhf_jax.sharding import TRAIN_RULES, batch_sharding, logical_shardings, make_mesh, replicated
+from mm_rlhf_jax.sharding import TRAIN_RULES, logical_shardings, make_mesh, placement, replicated
 from mm_rlhf_jax.testing.multihost import forward_inputs, tiny_decoder
 
 
@@ -26,7 +26,7 @@ def main(process_id: int, num_processes: int, port: int, out: str) -> None:
         shardings = logical_shardings(abstract, mesh, TRAIN_RULES)
         init = lambda k: nn.meta.unbox(model.init(k, ids)["params"])
         params = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(0))
-        in_sharding = batch_sharding(mesh, 2)
+        in_sharding = placement.row_sharding(mesh, 2)
         batch = jax.make_array_from_callback(ids.shape, in_sharding, lambda idx: ids[idx])
         forward = jax.jit(lambda p, x: model.apply({"params": p}, x).logits,
                           in_shardings=(shardings, in_sharding), out_shardings=replicated(mesh))

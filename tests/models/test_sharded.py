@@ -8,7 +8,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mm_rlhf_jax.models import hf
-from mm_rlhf_jax.sharding import TRAIN_RULES, ShardingError, batch_sharding, make_mesh
+from mm_rlhf_jax.sharding import TRAIN_RULES, ShardingError, make_mesh, placement
 
 from .conftest import vlm_batch
 
@@ -34,7 +34,7 @@ def test_mesh_forward_matches_single_device(checkpoints, devices8):
                                                             ["q_proj"]["kernel"]))
 
     param_sh = jax.tree.map(lambda x: x.sharding, sharded)
-    data_sh = [batch_sharding(mesh, x.ndim) for x in inputs]
+    data_sh = [placement.row_sharding(mesh, x.ndim) for x in inputs]
 
     def forward(p, ids, mask, pv, sizes, vids):
         # The separable path: the tower runs once, its features feed the merge + decoder.

@@ -16,8 +16,27 @@ import numpy as np
 import pytest
 
 from mm_rlhf_jax.data.tokenizer import load_tokenizer
-from mm_rlhf_jax.rewards.genrm import JUDGE_TEMPLATES, GenRM, GenRMConfig, parse_score
 from mm_rlhf_jax.data.synthetic import reasoning as tasks
+from mm_rlhf_jax.rewards.genrm import JUDGE_TEMPLATES, GenRM, GenRMConfig, parse_score
+from mm_rlhf_jax.sharding import make_mesh
+
+
+class ScriptedModule:
+    """The module contract rollout.generate needs (apply with a cache, init_cache) around a scripted judge."""
+
+    def __init__(self, apply_fn, init_cache):
+        self._apply, self._init = apply_fn, init_cache
+
+    def apply(self, variables, ids, *, compute_logits=True, **kw):
+        return self._apply(variables["params"], ids, **kw)
+
+    def init_cache(self, batch, max_len, dtype=None):
+        return self._init(batch, max_len)
+
+
+def scripted_genrm(tok, cfg):
+    mesh = make_mesh({"fsdp": 1}, devices=jax.devices()[:1])
+    return GenRM.build(ScriptedModule(*scripted_judge(tok)), {}, tok, mesh, cfg)
 
 PARSE_CASES = [
     ("Score: 0.8", 0.8), ("score = 1", 1.0), ("The response is wrong. Score: 0", 0.0),
@@ -79,9 +98,8 @@ def scripted_judge(tok):
 
 
 def test_genrm_scores_through_the_sampler(tok):
-    apply_fn, init_cache = scripted_judge(tok)
     cfg = GenRMConfig(template="tiny", max_new_tokens=6, max_prompt_length=64, batch_size=4, failure_value=-1.0)
-    genrm = GenRM(apply_fn, init_cache, {}, tok, cfg)
+    genrm = scripted_genrm(tok, cfg)
     cases = [("cow", "moo", "moo"), ("dog", "woof", "meow"), ("cat", "meow", "meow"), ("owl", "hoot", "7"),
              ("bee", "buzz", "hiss"), ("duck", "quack", "quack")]  # 6 rows: one full batch and a padded one
     prompts = [tasks.GENERAL_TEMPLATE.format(thing=t) for t, _, _ in cases]
@@ -93,9 +111,7 @@ def test_genrm_scores_through_the_sampler(tok):
 
 
 def test_genrm_judge_prompt_and_too_long_prompt(tok):
-    apply_fn, init_cache = scripted_judge(tok)
-    genrm = GenRM(apply_fn, init_cache, {}, tok, GenRMConfig(template="tiny", max_new_tokens=4,
-                                                             max_prompt_length=40, batch_size=2))
+    genrm = scripted_genrm(tok, GenRMConfig(template="tiny", max_new_tokens=4, max_prompt_length=40, batch_size=2))
     text = genrm.judge_texts(["What sound does a cow make ?"], ["moo"], ["moo"])[0]
     assert text == JUDGE_TEMPLATES.get("tiny").format(prompt="What sound does a cow make ?", reference="moo",
                                                       response="moo")

@@ -52,19 +52,17 @@ def test_routes_rewards_and_genrm_arguments():
     np.testing.assert_allclose(wrong.rewards, [0.0, 0.0])
 
 
-def test_order_transforms_and_bradley_terry():
+def test_order_and_transforms():
     genrm = FakeGenRM()
-    bt = lambda prompts, responses: np.array([float(len(y)) for y in responses])
-    ctx = RewardContext(genrm=genrm, bradley_terry=bt)
-    # GenRM first: even the math record is judged by the GenRM; BT catches the rest.
-    router = RewardRouter(ctx, order=("genrm_ground_truth", "verifier", "bradley_terry"),
-                          transforms={"genrm_ground_truth": (2.0, -1.0), "bradley_terry": (0.1, 0.0)})
+    ctx = RewardContext(genrm=genrm)
+    # GenRM first: even the math record is judged by the GenRM; the reference route catches the rest.
+    router = RewardRouter(ctx, order=("genrm_ground_truth", "verifier", "genrm_reference"),
+                          transforms={"genrm_ground_truth": (2.0, -1.0), "genrm_reference": (0.1, 0.0)})
     out = router(RECORDS, RESPONSES)
-    assert out.routes == ["genrm_ground_truth", "verifier", "genrm_ground_truth", "bradley_terry",
+    assert out.routes == ["genrm_ground_truth", "verifier", "genrm_ground_truth", "genrm_reference",
                           "genrm_ground_truth"]
-    np.testing.assert_allclose(out.rewards, [2 * 0.75 - 1, 1.0, 2 * 0.75 - 1, 0.1 * len("woof woof"),
-                                             2 * 0.25 - 1])
-    assert router.check(RECORDS) == {"genrm_ground_truth": 3, "verifier": 1, "bradley_terry": 1}
+    np.testing.assert_allclose(out.rewards, [2 * 0.75 - 1, 1.0, 2 * 0.75 - 1, 0.1 * 0.25, 2 * 0.25 - 1])
+    assert router.check(RECORDS) == {"genrm_ground_truth": 3, "verifier": 1, "genrm_reference": 1}
 
 
 def test_unroutable_record_and_bad_configs_are_errors():
@@ -78,7 +76,7 @@ def test_unroutable_record_and_bad_configs_are_errors():
     with pytest.raises(KeyError, match="unknown verifier 'algebra'"):
         RewardRouter(RewardContext(verifiers={"math": "algebra"}))
     with pytest.raises(ValueError, match="not in the order"):
-        RewardRouter(RewardContext(), transforms={"bradley_terry": (1.0, 0.0)})
+        RewardRouter(RewardContext(), order=("verifier",), transforms={"genrm_reference": (1.0, 0.0)})
     with pytest.raises(ValueError, match="2 records but 1 responses"):
         router(RECORDS[:2], ["x"])
 

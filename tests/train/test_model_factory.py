@@ -1,11 +1,12 @@
 """Named trainable-parameter sets select the same parts of a policy and of a reward model's trunk."""
 
-import ml_collections
 import pytest
 
+from mm_rlhf_jax import config_lib
 from mm_rlhf_jax.models import hf
 from mm_rlhf_jax.sharding import unbox_values
-from mm_rlhf_jax.train import model_factory, partition, reward_model
+from mm_rlhf_jax.algorithms.reward_model import run as reward_model
+from mm_rlhf_jax.train import model_factory, partition
 
 
 def paths_by_flag(params, name):
@@ -18,8 +19,7 @@ def paths_by_flag(params, name):
 
 @pytest.fixture(scope="module")
 def policy_and_rm():
-    c = ml_collections.ConfigDict(dict(model=model_factory.model_block(), seed=0,
-                                       reward=ml_collections.ConfigDict(dict(head_dropout=0.0))))
+    c = config_lib.schema("reward_model")
     policy, _ = model_factory.build(c.model, 0)
     rm, _ = reward_model.build_module(c)
     return unbox_values(hf.abstract_params(policy)), unbox_values(hf.abstract_params(rm))

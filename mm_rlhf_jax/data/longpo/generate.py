@@ -21,14 +21,22 @@ import json
 import logging
 import os
 import zlib
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from mm_rlhf_jax.data.longpo import chunking, prompts
 from mm_rlhf_jax.data.longpo.filters import FilterConfig, answer_problem
-from mm_rlhf_jax.data.longpo.textgen import TextGenerator
+
+
+class TextGenerator(Protocol):
+    """generator(conversations, seed) -> one result per conversation with .text and .truncated
+    (rollout.generate.Generator.bind(params) is one); batch_size conversations per call."""
+
+    batch_size: int
+
+    def __call__(self, conversations: Sequence[list[dict]], seed: int) -> list: ...
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,159 @@
+"""LongPO run: (warm start) -> per round: generate pairs -> reference log-probs -> train -> evaluate.
+
+    python -m mm_rlhf_jax.main --config configs/longpo.py:tiny --workdir runs/longpo_tiny
+
+Work in the workdir, each stage skipped when its output exists (re-running resumes):
+  data/                      tokenizer, documents.jsonl, eval_records.jsonl (synthetic task only)
+  warm_start/                SFT of the tiny model on short-context task examples (tiny preset only;
+                             LongPO assumes an aligned short-context model pi_S)
+  initial_eval.json          the starting model (its own RoPE theta) on the evals
+  round_<r>/data/            self-generated pairs (data/longpo/generate.py: resumable per stage)
+  round_<r>/ref_logps.npy    short-context reference log-probs of every sample (round r's pi_S)
+  round_<r>/checkpoints/     train state + data iterator (orbax); SIGTERM checkpoints and exits
+  round_<r>/eval.json        the trained policy on the evals
+  eval.json                  the last round's evals + initial_* + per-round figures
+
+Round r's generator and reference is the model that round r-1 trained (round 0: the
+initial model); it keeps its own RoPE theta while the policy gets
+`longpo.policy_rope_theta[r]` (paper: 1e7 at 128K). Evals: held-out preference
+accuracy (implicit reward of the policy against the cached short-context reference
+on generated samples kept out of training) and, for the synthetic task, greedy
+long-context and short-context answer accuracy.
+"""
+
+import functools
+import logging
+
+import jax
+import ml_collections
+
+from mm_rlhf_jax.algorithms.longpo import data as longpo_data, step as step_lib
+from mm_rlhf_jax.algorithms.longpo.evaluator import Evaluator
+from mm_rlhf_jax.data.errors import Where
+from mm_rlhf_jax.data.longpo import prompts
+from mm_rlhf_jax.data.longpo.pipeline import SampleSource, make_iterator
+from mm_rlhf_jax.data.longpo.samples import render
+from mm_rlhf_jax.data.pipeline import PipelineConfig
+from mm_rlhf_jax.data.synthetic import longdoc
+from mm_rlhf_jax.data.tokenizer import cached_tokenizer
+from mm_rlhf_jax.models import hf
+from mm_rlhf_jax.models.config import DecoderConfig
+from mm_rlhf_jax.sharding import placement
+from mm_rlhf_jax.train import model_factory, phase, sft
+from mm_rlhf_jax.train.optim import make_optimizer
+
+
+def base_architecture(config: ml_collections.ConfigDict) -> DecoderConfig:
+    """The starting model's architecture (its own RoPE theta, default attention, no remat)."""
+    cfg = model_factory.architecture(config.model)
+    if not isinstance(cfg, DecoderConfig):
+        m = config.model
+        raise ValueError(f"LongPO trains a text decoder; model {m.init_from or 'tiny'} is {type(cfg).__name__} "
+                         "(set model.tiny.multimodal=False or point init_from at a Qwen2/Llama/Mistral checkpoint)")
+    return cfg.replace(remat="none")
+
+
+def module_for(config: ml_collections.ConfigDict, base: DecoderConfig, theta: float, *, train: bool = False):
+    """Decoder with RoPE theta; train=True uses longpo.attention_impl and the model block's remat."""
+    cfg = base.replace(rope_theta=theta)
+    if train:
+        cfg = cfg.replace(attention_impl=config.longpo.attention_impl, remat=config.model.remat)
+    return hf.build_model(cfg)
+
+
+def warm_start(ctx: phase.RunContext, config: ml_collections.ConfigDict, tokenizer_path: str, module, params):
+    """SFT on the synthetic task's short-context examples (the tiny preset's pi_S)."""
+    w, d = config.warm_start, config.data
+    tok = cached_tokenizer(tokenizer_path)
+    task = longdoc.TaskConfig(min_filler=d.synthetic_min_filler, max_filler=d.synthetic_max_filler,
+                              sft_min_passages=w.min_passages, sft_max_passages=w.max_passages)
+    convs = longdoc.sft_examples(w.seed, w.num_examples, prompts.PHRASES, task)
+    seqs = [render(tok, conv, Where("<warm start>", i + 1), "conversation") for i, conv in enumerate(convs)]
+    batches = sft.ArrayBatches(sft.sequence_arrays(seqs, 0, w.max_length), placement.per_host_batch(w.batch_size,
+                                                                                                      ctx.mesh), w.seed)
+    logging.info("warm start: SFT on %d short-context task examples", len(convs))
+    return sft.run(ctx.path("warm_start"), ctx, module, params, batches, w,
+                   trainable=model_factory.TRAINABLE.get(config.model.trainable))
+
+
+def split_heldout(samples, ref, fraction: float):
+    """(train samples, train ref, held-out samples, held-out ref): the last `fraction` of samples is held out."""
+    n_held = int(round(len(samples) * fraction))
+    cut = len(samples) - n_held
+    return samples[:cut], ref[:cut], samples[cut:], ref[cut:]
+
+
+def policy_theta(thetas, r: int, previous: float) -> float:
+    """Round r's policy RoPE theta (longpo.policy_rope_theta; 0 = keep the previous model's)."""
+    thetas = tuple(thetas)
+    theta = thetas[min(r, len(thetas) - 1)] if thetas else 0.0
+    return float(theta) if theta else previous
+
+
+def train_round(ctx: phase.RunContext, config: ml_collections.ConfigDict, base: DecoderConfig, tokenizer_path: str,
+                r: int, documents, records, params, ref_theta: float):
+    """Round r: generate with (params, ref_theta), cache reference logps, train the policy; returns (params, evals)."""
+    c, d, t = config.longpo, config.data, config.train
+    theta = policy_theta(c.policy_rope_theta, r, ref_theta)
+    reference = module_for(config, base, ref_theta)
+    samples, stats = longpo_data.generate_round(ctx, config, r, tokenizer_path, documents, reference, params)
+    samples, too_long = longpo_data.fitting(config, tokenizer_path, samples)
+    if len(samples) < 2:
+        raise ValueError(f"round {r}: only {len(samples)} usable LongPO samples were generated; see "
+                         f"{ctx.path(f'round_{r}', 'data', 'stats.json')} ({stats})")
+    ref = longpo_data.reference_logps(ctx, config, r, tokenizer_path, reference, params, samples)
+    train_s, train_ref, held_s, held_ref = split_heldout(samples, ref, d.heldout_fraction)
+    zigzag = step_lib.zigzag_shards(c.attention_impl, ctx.mesh.shape["sequence"])
+    evaluator = Evaluator(ctx, config, tokenizer_path, records, SampleSource(held_s, held_ref) if held_s else None,
+                          zigzag_shards=zigzag)
+    policy, policy_gen = module_for(config, base, theta, train=True), module_for(config, base, theta)
+    cfg = PipelineConfig(batch_size=placement.per_host_batch(d.batch_size, ctx.mesh), seed=d.seed + r,
+                         num_epochs=None, num_workers=d.num_workers)
+    data_iter = make_iterator(SampleSource(train_s, train_ref), tokenizer_path, longpo_data.layout(config), cfg)
+    logging.info("round %d: %d train / %d held-out samples, policy RoPE theta %g (reference %g)", r, len(train_s),
+                 len(held_s), theta, ref_theta)
+    # The starting model's held-out preference accuracy on these pairs (policy == reference, ref theta).
+    start = {f"start_{k}": v for k, v in evaluator.preference_accuracy(reference, params, zigzag_shards=0).items()}
+    step = functools.partial(step_lib.train_step, c=c, zigzag_shards=zigzag)
+    result = phase.train_params(
+        ctx.path(f"round_{r}"), ctx, policy, lambda: params, step, data_iter, make_optimizer(config.optim, t.steps),
+        trainable=model_factory.TRAINABLE.get(config.model.trainable), seed=config.seed + 1, steps=t.steps,
+        log_every=t.log_every, checkpoint_every=t.checkpoint_every, max_to_keep=t.max_checkpoints,
+        eval_fn=lambda p: evaluator(policy_gen, policy, p), eval_every=t.eval_every)
+    out = {**result.final, "policy_rope_theta": theta, "reference_rope_theta": ref_theta,
+           "train_samples": len(train_s), "heldout_samples": len(held_s), "samples_too_long": too_long,
+           "generation": stats, **start}
+    return result.state.params, theta, out
+
+
+def run(config: ml_collections.ConfigDict, workdir: str):
+    with phase.run_context(config, workdir) as ctx:
+        tokenizer_path, documents, records = longpo_data.prepare(config, workdir)
+        base = base_architecture(config)
+        start = module_for(config, base, base.rope_theta)
+        if config.model.init_from:
+            # Parameters do not depend on remat / attention settings, so the block's numerics serve `start`.
+            _, params = model_factory.pretrained(config.model.init_from, config.model, ctx.mesh, ctx.rules)
+        else:
+            params = hf.init_params(start, jax.random.PRNGKey(config.seed), ctx.mesh, ctx.rules)
+            if config.warm_start.steps:
+                params = warm_start(ctx, config, tokenizer_path, start, params)
+        theta = base.rope_theta
+        initial = ctx.writer.json_once("initial_eval.json",
+                                       lambda: Evaluator(ctx, config, tokenizer_path, records, None)(start, start,
+                                                                                                    params))
+        rounds = []
+        for k in range(config.longpo.rounds):
+            params, theta, result = train_round(ctx, config, base, tokenizer_path, k, documents, records, params,
+                                                theta)
+            ctx.writer.write_json(f"round_{k}/eval.json", result)
+            rounds.append(result)
+        numbers = lambda m: {k: v for k, v in m.items() if isinstance(v, (int, float))}
+        out = {**numbers(rounds[-1]), **{f"initial_{k}": v for k, v in numbers(initial).items()},
+               "rounds": config.longpo.rounds, "steps_per_round": config.train.steps,
+               "value_set": config.longpo.value_set}  # paper or released values (configs/longpo.py)
+        if "short_context_accuracy" in out and "initial_short_context_accuracy" in out:
+            drop = out["initial_short_context_accuracy"] - out["short_context_accuracy"]
+            out["short_context_ok"] = bool(drop <= config.eval.short_context_margin)
+        phase.report("longpo", out, ctx.writer)
+    return out

@@ -1,0 +1,2 @@
+"""Hybrid-reward PPO / GRPO / RLOO (ByteDance RLHF): run.py, step.py (pure phases), trainer.py (the RL host
+cycle, roles, the phase), rewards.py (GenRM + router), data.py (prompt pools). Align-Pro reuses trainer."""

@@ -1,0 +1,234 @@
+"""The one host-side text generator: items -> encoded prompts -> jitted KV-cache sampler -> texts.
+
+    gen = Generator(module, tokenizer, mesh, encode=chat_encoder(tokenizer, max_length=64),
+                    max_new_tokens=16, batch_size=8)
+    outs = gen(params, items, seed=0)        # list[Generation]: text, tokens, logprobs, truncated
+    texts = gen.texts(params, items)
+
+Every caller that turns prompts into text goes through here: critique-RM
+inference, GenRM judging, PPO / Align-Pro rollouts (`sample` on encoded device
+batches), Pre-PPO scoring, LongPO pair generation and the generation evals.
+
+`encode(item) -> {"prompt_ids": int[L], <pixel arrays of static shape>...}`
+turns one caller item (a text, a record, a conversation) into a prompt;
+`Prompt` dicts can also be passed directly (encode=None).
+
+Shapes: a call's rows are padded with repeats to `batch_size` and its prompts
+left-padded to a length bucket (`bucket_length`: multiples of a quarter of the
+length's power of two, at least `min_bucket`; or one fixed `prompt_length`),
+so the sampler compiles once per bucket (`trace_count` counts compiles).
+
+Placement: every process encodes every item (callers pass the same items on
+every process), a batch goes to the mesh with placement.put_global_batch and
+comes back with placement.fetch, so the generator runs unchanged as N
+processes. With `param_shardings` (e.g. the SAMPLING_RULES layout: weights not
+FSDP-sharded, so a decode step never all-gathers them) the parameters are
+resharded explicitly into that layout before sampling.
+
+Randomness: the batch starting at row `start` of a call samples with
+fold_in(PRNGKey(seed), start), so a call's output does not depend on how its
+rows are batched elsewhere.
+"""
+
+import dataclasses
+import functools
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mm_rlhf_jax.rollout.sampler import SampleOutput, left_pad, sample
+from mm_rlhf_jax.rollout.strategies import SamplingConfig
+from mm_rlhf_jax.sharding import placement
+
+Prompt = dict  # {"prompt_ids": int[L], optional pixel arrays (static shapes)}
+
+# Prompt keys that carry vision inputs for the sampler's prefill.
+PIXEL_KEYS = ("pixel_values", "image_sizes", "pixel_values_videos")
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+    text: str
+    tokens: tuple[int, ...]  # generated ids, the stop token included when hit
+    logprobs: np.ndarray  # f32[len(tokens)] under the sampling distribution
+    truncated: bool  # ran to max_new_tokens without a stop token
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.tokens)
+
+
+def bucket_length(n: int, minimum: int = 64) -> int:
+    """Smallest multiple of max(minimum, 2**floor(log2 n) / 4) that is >= n."""
+    if n <= minimum:
+        return minimum
+    step = max(minimum, 1 << (int(n).bit_length() - 3))
+    return -(-n // step) * step
+
+
+def apply_fn(module) -> Callable[..., Any]:
+    """The sampler's apply_fn for a Flax model (Decoder, LLaVA-OV, ModelWithHeads)."""
+    return lambda p, ids, **kw: module.apply({"params": p}, ids, compute_logits=True, **kw)
+
+
+def prefill_inputs(batch: dict) -> dict:
+    """Vision kwargs for the sampler's prefill ((0, 0) image size = no image)."""
+    out = {k: batch[k] for k in PIXEL_KEYS if k in batch}
+    if "image_sizes" in out and "has_image" in batch:
+        out["image_sizes"] = jnp.where(batch["has_image"][:, None], out["image_sizes"], 0)
+    return out
+
+
+def collate_prompts(prompts: Sequence[Prompt], pad_id: int, length: int) -> dict:
+    """Left-padded prompt_ids / prompt_mask int32[B, L] plus the stacked pixel arrays."""
+    ids, mask = left_pad([list(np.asarray(p["prompt_ids"]).tolist()) for p in prompts], pad_id, length)
+    out = {"prompt_ids": ids, "prompt_mask": mask}
+    for k in prompts[0]:
+        if k != "prompt_ids":
+            out[k] = np.stack([np.asarray(p[k]) for p in prompts])
+    return out
+
+
+def chat_encoder(tokenizer, *, max_length: int | None = None, media=None) -> Callable[[Any], Prompt]:
+    """encode for chat turns: a user text, or a list of {"role", "content"} messages, up to the assistant header.
+
+    Raises ValueError when a prompt is longer than max_length (callers that
+    want to skip such prompts use Generator.fits first).
+    """
+
+    def encode(item) -> Prompt:
+        messages = [{"role": "user", "content": item}] if isinstance(item, str) else list(item)
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if max_length is not None and len(ids) > max_length:
+            first = messages[-1]["content"][:80]
+            raise ValueError(f"prompt of {len(ids)} tokens exceeds the prompt length {max_length} "
+                             f"(starts {first!r})")
+        return {"prompt_ids": np.asarray(ids, np.int32)}
+
+    return encode
+
+
+class Generator:
+    """Generation with one module through rollout.sample; see the module docstring.
+
+    Args:
+      module: the model (`apply(..., positions=, segment_ids=, cache=, compute_logits=True)` and `init_cache`).
+      tokenizer: decodes the generated ids (pad / eos ids from it).
+      mesh: the mesh batches are placed on.
+      max_new_tokens / sampling / stop_ids: decoding (stop_ids default: the tokenizer's eos).
+      batch_size: rows per sampler call (global; divisible by the mesh's batch axes).
+      encode: item -> Prompt (None: items are Prompts already).
+      prompt_length: one fixed prompt length for every call (None: bucket by length).
+      min_bucket: the smallest length bucket.
+      param_shardings: the layout to sample in (None: the parameters' own).
+      cache_dtype: KV-cache dtype (None: the module's compute dtype).
+    """
+
+    def __init__(self, module, tokenizer, mesh, *, max_new_tokens: int, batch_size: int,
+                 encode: Callable[[Any], Prompt] | None = None, sampling: SamplingConfig = SamplingConfig("greedy"),
+                 stop_ids: Sequence[int] | None = None, prompt_length: int | None = None, min_bucket: int = 64,
+                 param_shardings=None, cache_dtype=None):
+        placement.check_rows(batch_size, mesh, "generation batch size")
+        self.module, self.tokenizer, self.mesh = module, tokenizer, mesh
+        self.max_new_tokens, self.batch_size, self.sampling = max_new_tokens, batch_size, sampling
+        self.prompt_length, self.min_bucket, self.param_shardings = prompt_length, min_bucket, param_shardings
+        self._encode = encode
+        self.stop_ids = tuple(int(s) for s in (stop_ids if stop_ids is not None else [tokenizer.eos_token_id]))
+        self.pad_id = int(tokenizer.pad_token_id)
+        self.trace_count = 0  # sampler compiles (one per prompt shape)
+        init_cache = functools.partial(module.init_cache, dtype=cache_dtype)
+        rows2, rows1 = placement.row_sharding(mesh, 2), placement.row_sharding(mesh, 1)
+
+        def run(params, batch, rng, fold):
+            self.trace_count += 1  # Python side effect: runs once per trace
+            return sample(apply_fn(module), params, batch["prompt_ids"], batch["prompt_mask"], init_cache,
+                          max_new_tokens=max_new_tokens, stop_ids=self.stop_ids, rng=jax.random.fold_in(rng, fold),
+                          sampling=sampling, prefill_kwargs=prefill_inputs(batch))
+
+        self._sample = jax.jit(run, out_shardings=SampleOutput(tokens=rows2, logprobs=rows2, mask=rows2,
+                                                               lengths=rows1))
+
+    # ------------------------------------------------------------------------------------------ encoding
+
+    def encode(self, item) -> Prompt:
+        return item if self._encode is None else self._encode(item)
+
+    def fits(self, item) -> bool:
+        """Does `item` encode within the prompt length?"""
+        try:
+            prompt = self.encode(item)
+        except ValueError:
+            return False
+        return self.prompt_length is None or len(prompt["prompt_ids"]) <= self.prompt_length
+
+    def length_for(self, prompts: Sequence[Prompt]) -> int:
+        longest = max(len(p["prompt_ids"]) for p in prompts)
+        if self.prompt_length is not None:
+            return self.prompt_length
+        return bucket_length(longest, self.min_bucket)
+
+    # ------------------------------------------------------------------------------------------ sampling
+
+    def prepare(self, params):
+        """Parameters in the sampling layout (an explicit reshard when param_shardings is set)."""
+        return params if self.param_shardings is None else placement.reshard(params, self.param_shardings)
+
+    def sample(self, params, batch: dict, rng, fold=0) -> SampleOutput:
+        """SampleOutput (global arrays) for a collated batch: host arrays every process holds in full, or
+        global arrays already on the mesh.
+
+        params must already be in the sampling layout (see prepare); rng is a
+        PRNG key and fold an int folded into it on device (host values, or
+        replicated global arrays such as a train state's rng and step).
+        """
+        on_mesh = lambda x: isinstance(x, jax.Array) and not isinstance(x, np.ndarray)
+        if not all(on_mesh(v) for v in batch.values()):
+            batch = placement.put_global_batch(batch, self.mesh)
+        rng = rng if on_mesh(rng) else placement.put_replicated(np.asarray(rng), self.mesh)
+        fold = fold if on_mesh(fold) else placement.put_replicated(np.int32(fold), self.mesh)
+        return self._sample(params, batch, rng, fold)
+
+    def __call__(self, params, items: Sequence, *, seed: int = 0) -> list[Generation]:
+        prompts = [self.encode(it) for it in items]
+        if not prompts:
+            return []
+        params = self.prepare(params)
+        rng = np.asarray(jax.random.PRNGKey(seed))
+        out: list[Generation] = []
+        for start in range(0, len(prompts), self.batch_size):
+            chunk = prompts[start:start + self.batch_size]
+            n = len(chunk)
+            chunk = chunk + [chunk[0]] * (self.batch_size - n)  # static batch shape: pad with a repeat
+            batch = collate_prompts(chunk, self.pad_id, self.length_for(chunk))
+            res = placement.fetch_tree(self.sample(params, batch, rng, start))
+            for row in range(n):
+                k = int(res.lengths[row])
+                tokens = tuple(int(t) for t in res.tokens[row][:k])
+                out.append(Generation(
+                    text=self.tokenizer.decode(list(tokens), skip_special_tokens=True).strip(), tokens=tokens,
+                    logprobs=np.asarray(res.logprobs[row][:k], np.float32),
+                    truncated=not (tokens and tokens[-1] in self.stop_ids)))
+        return out
+
+    def texts(self, params, items: Sequence, *, seed: int = 0) -> list[str]:
+        return [g.text for g in self(params, items, seed=seed)]
+
+    def bind(self, params) -> "BoundGenerator":
+        """This generator with fixed parameters: bound(items, seed) -> list[Generation]."""
+        return BoundGenerator(self, self.prepare(params))
+
+
+@dataclasses.dataclass(frozen=True)
+class BoundGenerator:
+    generator: Generator
+    params: Any  # already in the generator's sampling layout
+
+    @property
+    def batch_size(self) -> int:
+        return self.generator.batch_size
+
+    def __call__(self, items: Sequence, seed: int = 0) -> list[Generation]:
+        return self.generator(self.params, items, seed=seed)

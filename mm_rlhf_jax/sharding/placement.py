@@ -1,0 +1,108 @@
+"""The one place where arrays move between host memory and the mesh (multi-process aware).
+
+Two kinds of host batch exist, and each has its put:
+
+  put_batch(batch, mesh)    this process's rows of a global batch (a training
+                            iterator sharded per process): rows are split over
+                            the mesh's batch axes, processes contribute in turn.
+  put_global(x, sharding)   an array every process holds in full and identical
+                            (eval batches, rollout prompts, scalars): each device
+                            takes its slice, nothing is duplicated.
+
+`fetch(x)` brings a global array back as a full numpy array on every process:
+fully addressable arrays are read directly, fully replicated ones from a local
+replica, anything else through a cross-process all-gather. Outside this module
+nothing calls jax.device_get on a sharded array.
+"""
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from mm_rlhf_jax.sharding.mesh import BATCH_AXES, batch_size_divisor, replicated
+
+
+def row_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+    """Leading (row) dimension over the batch axes, the rest replicated."""
+    return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def check_rows(n: int, mesh: Mesh, what: str) -> None:
+    """n rows must split evenly over the mesh's batch axes."""
+    divisor = batch_size_divisor(mesh)
+    if n % divisor:
+        raise ValueError(f"{what} = {n} rows must divide evenly over the mesh's batch axes "
+                         f"({dict((a, mesh.shape[a]) for a in BATCH_AXES)}, total {divisor})")
+
+
+def per_host_batch(global_batch: int, mesh: Mesh) -> int:
+    """This process's share of a global batch (training iterators read only their shard)."""
+    divisor = batch_size_divisor(mesh)
+    if global_batch % divisor or global_batch % jax.process_count():
+        raise ValueError(f"global batch size {global_batch} must divide evenly over the mesh's batch axes "
+                         f"({dict((a, mesh.shape[a]) for a in BATCH_AXES)}, total {divisor}) and "
+                         f"{jax.process_count()} processes")
+    return global_batch // jax.process_count()
+
+
+def batch_shardings(batch: dict, mesh: Mesh) -> dict:
+    return {k: row_sharding(mesh, np.ndim(v)) for k, v in batch.items()}
+
+
+def put_batch(batch: dict, mesh: Mesh) -> dict:
+    """This process's rows (numpy) -> global arrays sharded over the batch axes."""
+    shardings = batch_shardings(batch, mesh)
+    return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v)) for k, v in batch.items()}
+
+
+def put_global(x, sharding: NamedSharding) -> jax.Array:
+    """A global array from a host array every process holds in full (each device takes its slice)."""
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def put_global_batch(batch: dict, mesh: Mesh) -> dict:
+    """put_global for every array of a batch every process holds in full, rows over the batch axes."""
+    return {k: put_global(v, row_sharding(mesh, np.ndim(v))) for k, v in batch.items()}
+
+
+def put_from_callback(shape, sharding: NamedSharding | None, read) -> jax.Array:
+    """A global array whose device slices come from read(index) (streamed checkpoint loading).
+
+    sharding None: the whole array on the default device.
+    """
+    if sharding is None:
+        return jax.device_put(read(tuple(slice(None) for _ in shape)))
+    return jax.make_array_from_callback(shape, sharding, read)
+
+
+def put_replicated(x, mesh: Mesh) -> jax.Array:
+    """A small host value (rng key, scalar, index vector) replicated on every device of the mesh."""
+    return put_global(x, replicated(mesh))
+
+
+def fetch(x) -> np.ndarray:
+    """A (possibly multi-process) global array as a full numpy array on every process."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+        return np.asarray(jax.device_get(x))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process when `flag` is True on any (the loop's stop consensus)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    return bool(multihost_utils.process_allgather(np.array(flag)).any())
+
+
+def fetch_tree(tree) -> Any:
+    """fetch() for every array leaf of a pytree (metrics dicts, SampleOutputs)."""
+    return jax.tree.map(fetch, tree)
+
+
+def reshard(tree, shardings):
+    """Explicit reshard of a pytree of global arrays into `shardings` (e.g. training -> sampling layout)."""
+    return jax.jit(lambda t: t, out_shardings=shardings)(tree)

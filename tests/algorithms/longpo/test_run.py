@@ -1,0 +1,115 @@
+"""LongPO configs and run wiring: presets, paper vs released values, a micro end-to-end run and its resume.
+
+The full tiny preset (warm start, generation, training, before/after accuracies) is the
+slow test at the bottom; its figures are in bench/RESULTS.md.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from mm_rlhf_jax import config_lib
+from mm_rlhf_jax.algorithms.longpo import data as longpo_data, run as longpo
+from mm_rlhf_jax.data.longpo import prompts
+from mm_rlhf_jax.train import sft
+
+
+@pytest.mark.parametrize("arg", ["tiny", "mistral_7b_128k", "qwen25_7b_128k", "mistral_7b_128k,released",
+                                 "qwen25_7b_128k,released", "tiny,released"])
+def test_every_preset_builds(arg):
+    c = config_lib.preset("longpo", arg)
+    assert c.algorithm == "longpo"
+    layout = longpo_data.layout(c)
+    assert layout.max_length % 16 == 0  # zigzag over up to 8 sequence shards
+    longpo_data.generation_config(c.generation, 0)  # every generation knob maps onto GenerationConfig
+    if arg.startswith(("mistral", "qwen")):
+        assert c.model.init_from and c.longpo.policy_rope_theta == (1e7,)
+        assert c.optim.lr == 5e-7 and c.optim.warmup_ratio == 0.1 and c.optim.weight_decay == 0.0
+        assert c.data.max_length >= c.generation.max_doc_tokens + 4096 and c.model.remat == "full"
+        assert c.mesh.sequence == 8 and "context_parallel" in c.longpo.attention_impl
+
+
+def test_paper_and_released_values():
+    paper = config_lib.preset("longpo", "mistral_7b_128k")
+    released = config_lib.preset("longpo", "mistral_7b_128k,released")
+    assert (paper.longpo.beta, paper.longpo.lam, paper.optim.name) == (0.1, 0.01, "adam")
+    assert (released.longpo.beta, released.longpo.lam, released.optim.name) == (0.01, 0.01, "rmsprop")
+    assert paper.generation.answer_strategy == "greedy" and released.generation.answer_temperature == 1.0
+    assert (paper.generation.turns_per_doc, released.generation.turns_per_doc) == (4, 2)
+    assert (paper.longpo.value_set, released.longpo.value_set) == ("paper", "released")
+    with pytest.raises(ValueError, match="unknown value set 'code'"):
+        config_lib.preset("longpo", "tiny,code")
+    with pytest.raises(ValueError, match="unknown preset 'llama'"):
+        config_lib.preset("longpo", "llama")
+
+
+def test_round_helpers():
+    c = config_lib.preset("longpo", "mistral_7b_128k")
+    c.longpo.policy_rope_theta = (1e7, 4e7)
+    assert [longpo.policy_theta(c.longpo.policy_rope_theta, r, 1e6) for r in range(3)] == [1e7, 4e7, 4e7]
+    c.longpo.policy_rope_theta = (0.0,)
+    assert longpo.policy_theta(c.longpo.policy_rope_theta, 0, 1e6) == 1e6
+    s, ref = list(range(10)), np.arange(20).reshape(10, 2)
+    tr, tr_ref, held, held_ref = longpo.split_heldout(s, ref, 0.2)
+    assert tr == list(range(8)) and held == [8, 9] and held_ref.tolist() == [[16, 17], [18, 19]]
+    it = sft.ArrayBatches({"x": np.arange(50)}, 4, seed=1)
+    first = [next(it)["x"].tolist() for _ in range(3)]
+    it2 = sft.ArrayBatches({"x": np.arange(50)}, 4, seed=1)
+    it2.set_state({"index": 2})
+    assert next(it2)["x"].tolist() == first[2] and it.get_state() == {"index": 3}
+    assert longpo_data.QUERY_PROMPTS.get("released") == prompts.QUERY_PROMPT
+
+
+def micro_config():
+    c = config_lib.preset("longpo", "tiny")
+    c.warm_start.update(dict(steps=4, num_examples=64))
+    c.data.update(dict(synthetic_train_docs=8, synthetic_eval_docs=8, heldout_fraction=0.25, batch_size=8))
+    c.eval.update(dict(num_records=8, batch_size=8))
+    c.generation.update(dict(batch_size=8, repetition_threshold=1000, min_answer_chars=0, drop_truncated=False))
+    c.longpo.reference_batch_size = 8
+    c.train.update(dict(steps=3, checkpoint_every=2))
+    # Two self-evolution rounds; round 1's policy gets a larger RoPE theta, its reference keeps round 0's.
+    c.longpo.rounds = 2
+    c.longpo.policy_rope_theta = (0.0, 20000.0)
+    return c
+
+
+@pytest.mark.slow
+def test_micro_run_writes_everything_and_resumes(tmp_path):
+    """An untrained micro model: the wiring, files and resume, not the learning (see the tiny test)."""
+    c = micro_config()
+    out = longpo.run(c, str(tmp_path))
+    for name in ("eval.json", "initial_eval.json", "round_0/eval.json", "round_0/ref_logps.npy",
+                 "round_0/data/samples.jsonl", "round_0/data/stats.json", "round_0/metrics.jsonl",
+                 "warm_start/metrics.jsonl", "data/task/documents.jsonl", "data/tokenizer/tokenizer.json"):
+        assert (tmp_path / name).exists(), name
+    on_disk = json.loads((tmp_path / "eval.json").read_text())
+    assert on_disk["steps_per_round"] == 3 and on_disk["train_samples"] + on_disk["heldout_samples"] == 8
+    for key in ("preference_accuracy", "long_context_accuracy", "short_context_accuracy",
+                "initial_long_context_accuracy", "start_preference_accuracy"):
+        assert key in out, key
+    r0, r1 = (json.loads((tmp_path / f"round_{r}" / "eval.json").read_text()) for r in range(2))
+    assert (r0["policy_rope_theta"], r0["reference_rope_theta"]) == (10000.0, 10000.0)
+    assert (r1["policy_rope_theta"], r1["reference_rope_theta"]) == (20000.0, 10000.0)
+    assert (tmp_path / "round_1" / "data" / "samples.jsonl").exists() and on_disk["rounds"] == 2
+    rows = [json.loads(line) for line in open(tmp_path / "round_0" / "metrics.jsonl")]
+    assert [r["step"] for r in rows if "train/loss" in r] == [0, 2]
+    stamps = {p: os.path.getmtime(tmp_path / p) for p in ("round_0/data/samples.jsonl", "round_0/data/rejected.jsonl",
+                                                            "round_1/data/samples.jsonl", "round_1/ref_logps.npy")}
+    again = longpo.run(c, str(tmp_path))  # resumes: nothing regenerated, same training result
+    assert {p: os.path.getmtime(tmp_path / p) for p in stamps} == stamps
+    assert again["preference_accuracy"] == out["preference_accuracy"]
+    assert again["long_context_accuracy"] == out["long_context_accuracy"]
+
+
+@pytest.mark.slow
+@pytest.mark.target
+def test_tiny_preset_improves_long_context_without_hurting_short(tmp_path):
+    """The `tiny` preset end to end (~10-15 min on 2 shared CPU cores); figures in bench/RESULTS.md."""
+    c = config_lib.preset("longpo", "tiny")
+    out = longpo.run(c, str(tmp_path))
+    assert out["long_context_accuracy"] >= out["initial_long_context_accuracy"] + 0.2, out
+    assert out["short_context_accuracy"] >= out["initial_short_context_accuracy"] - c.eval.short_context_margin, out
+    assert out["short_context_ok"] and out["preference_accuracy"] > out["start_preference_accuracy"], out
