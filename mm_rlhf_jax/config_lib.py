@@ -137,7 +137,7 @@ def pair_data_block(**overrides) -> CD:
 def pair_warm_start_block(**overrides) -> CD:
     """Supervised warm start on the best-ranked responses of the train pairs (tiny presets)."""
     return _block(dict(
-        **_sft_optim(seed=1),  # batch order 1: the main phase's is data.seed (0)
+        **_sft_optim(),
         batch_size=0,  # global, in responses; 0 = data.batch_size
         top_k=1,  # fit the responses ranked in the top k of their query (1 = the best; ties share a rank)
         max_length=0,  # tokens per answer sequence; 0 = data.max_length
