@@ -30,7 +30,8 @@ and in the magnitude of powers and factorials (parse.py).
 """
 
 from mm_rlhf_jax.rewards.math.compare import values_equal
-from mm_rlhf_jax.rewards.math.extract import choice_letter, extract_answer, extract_choice
+from mm_rlhf_jax.rewards.math.extract import _MAX_WHOLE, choice_letter, extract_answer, extract_choice
+from mm_rlhf_jax.rewards.math.normalize import normalize
 from mm_rlhf_jax.rewards.math.values import parse_answer
 
 __all__ = ["answers_equal", "extract_answer", "extract_choice", "is_equivalent",
@@ -39,19 +40,26 @@ __all__ = ["answers_equal", "extract_answer", "extract_choice", "is_equivalent",
 
 def reference_answer(reference: str) -> str:
     """The answer in a reference: extracted from a worked solution that has
-    \\boxed{} or "####", else the reference itself."""
+    \\boxed{} or "####" or is longer than a bare answer (over 80 characters
+    or several lines: "... The final answer is $28\\%$."), else the
+    reference itself."""
     if not isinstance(reference, str):
         raise TypeError(f"reference must be str, got {type(reference).__name__}")
     answer = reference.strip()
     if "\\boxed" in reference or "\\fbox" in reference or "####" in reference:
         answer = extract_answer(reference) or ""
+    elif len(answer) > _MAX_WHOLE or "\n" in answer:
+        answer = extract_answer(reference) or answer
     if not answer:
         raise ValueError(f"reference has no answer: {reference[:200]!r}")
     return answer
 
 
 def answers_equal(prediction_answer: str, reference_answer_text: str) -> bool:
-    """Equality of two already-extracted answers."""
+    """Equality of two already-extracted answers; identically spelled answers
+    (after normalisation) are equal even where the parser cannot read them."""
+    if normalize(prediction_answer) == normalize(reference_answer_text):
+        return True
     return values_equal(parse_answer(prediction_answer), parse_answer(reference_answer_text))
 
 
