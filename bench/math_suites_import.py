@@ -93,7 +93,7 @@ def math_verify_cases(test_dir: pathlib.Path):
                 options = {k: v for k, v in options.items() if _DEFAULTS.get(k) != v}
                 yield {"prediction": values["pred"], "reference": values["gold"],
                        "expected": bool(expected), "suite": "math_verify",
-                       "case": f"{name}::{func.name}[{i}]", "options": options}
+                       "case": f"tests/{name}::{func.name}[{i}]", "options": options}
 
 
 def nemo_skills_cases(path: pathlib.Path):
@@ -108,7 +108,7 @@ def nemo_skills_cases(path: pathlib.Path):
                 continue
             for order, (pred, ref) in enumerate(((a, b), (b, a))):
                 yield {"prediction": str(pred), "reference": str(ref), "expected": expected,
-                       "suite": "nemo_skills", "case": f"{path.name}::{func.name}[{i}].{order}",
+                       "suite": "nemo_skills", "case": f"tests/test_math_equal.py::{func.name}[{i}].{order}",
                        "options": {}}
 
 
@@ -125,7 +125,7 @@ def hendrycks_cases(path: pathlib.Path):
                     if method in ("assertTrue", "assertFalse"):
                         yield {"prediction": values["test_in"], "reference": values["test_out"],
                                "expected": method == "assertTrue", "suite": "hendrycks",
-                               "case": f"{path.name}::{func.name}[{k}]", "options": {}}
+                               "case": f"modeling/math_equivalence_test.py::{func.name}[{k}]", "options": {}}
                         k += 1
 
 

@@ -36,7 +36,7 @@ from mm_rlhf_jax.rewards.math import normalize as math_normalize, values as math
 _BOXED = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _HASHES = re.compile(r"####\s*([^\n]*)")
 _ANSWER_IS = re.compile(r"answer\s*(?:is\s*:?|:)\s*", re.IGNORECASE)
-_NUMBER = re.compile(r"(?<![A-Za-z])-?(?:\d{1,3}(?:,\d{3})+(?![\d,])|(?<![\d,])\d+,\d{1,2}(?![\d,])"
+_NUMBER = re.compile(r"(?<![A-Za-z\d])-?(?:\d{1,3}(?:,\d{3})+(?![\d,])|(?<![\d,])\d+,\d{1,2}(?![\d,])"
                      r"|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?%?")
 # `\$` is a currency sign, not a delimiter.
 _MATH_SEGMENT = re.compile(r"(?<!\\)\$\$(.+?)(?<!\\)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)"
@@ -95,15 +95,17 @@ def _boxes(text: str) -> list:
 
 def _connects(gap: str) -> bool:
     """Does the text between two boxes join them into one answer? Only
-    punctuation and spacing, or a few words with a connective ("and", "or",
-    a comma): `\\boxed{1} then \\boxed{2}` is a sequence, its answer is 2."""
+    punctuation and spacing, part labels ("(b)"), or a few words with a
+    connective ("and", "or", a comma): `\\boxed{1} then \\boxed{2}` is a
+    sequence, its answer is 2."""
     if len(gap) > _MAX_GAP_CHARS:
         return False
     words = _GAP_NOISE.sub(" ", gap).split()
     if len(words) > _MAX_GAP_WORDS or re.search(r"\d", " ".join(words)):
         return False
-    return not words or bool(re.search(r"[,;&]", gap)) or any(
-        w.lower() in ("and", "or") for w in words)
+    return (not words or bool(re.search(r"[,;&]", gap))
+            or any(w.lower() in ("and", "or") for w in words)
+            or all(re.fullmatch(r"[a-z]|[ivx]+", w) for w in words))  # part labels: (b), (ii)
 
 
 def _final_boxes(text: str):
