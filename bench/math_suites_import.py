@@ -15,9 +15,11 @@ Suites (their revisions and licences are in tests/rewards/public_math/README.md)
   math_verify  huggingface/Math-Verify tests/*.py        (gold -> reference, pred -> prediction)
   nemo_skills  NVIDIA/NeMo-Skills tests/test_math_equal.py (pairs checked in both orders)
   hendrycks    hendrycks/math modeling/math_equivalence_test.py (test_in -> prediction)
+  lighteval    huggingface/lighteval tests/unit/metrics/test_extractive_match.py, only the
+               pairs not already in math_verify (its math tests were copied there)
 
     python bench/math_suites_import.py --math-verify DIR/tests \
-        --nemo-skills FILE --hendrycks FILE --out tests/rewards/public_math
+        --nemo-skills FILE --hendrycks FILE --lighteval FILE --out tests/rewards/public_math
 """
 
 import argparse
@@ -30,6 +32,13 @@ _MATH_VERIFY_FILES = ("test_all.py", "test_numina_cases.py", "test_open_thoughts
                       "test_yujianll.py", "test_boxed.py", "test_strict.py")
 _DEFAULTS = {"precision": 6, "strict": True, "allow_set_relation_comp": False,
              "match_types": ["latex", "expr"]}
+
+
+def _value(node):
+    """_literal, and an enum member such as `Language.FRENCH` as its name."""
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return _literal(node)
 
 
 def _literal(node):
@@ -71,7 +80,7 @@ def _call_options(func):
     for node in ast.walk(func):
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "compare_strings":
             for kw in node.keywords:
-                if isinstance(kw.value, ast.Constant) or isinstance(kw.value, ast.List):
+                if isinstance(kw.value, (ast.Constant, ast.List)):
                     options[kw.arg] = _literal(kw.value)
     return options
 
@@ -94,6 +103,28 @@ def math_verify_cases(test_dir: pathlib.Path):
                 yield {"prediction": values["pred"], "reference": values["gold"],
                        "expected": bool(expected), "suite": "math_verify",
                        "case": f"tests/{name}::{func.name}[{i}]", "options": options}
+
+
+def lighteval_cases(path: pathlib.Path, seen: set):
+    """Parametrized (gold, pred, expected[, language, match_type]) cases whose
+    (pred, gold) is not in `seen`."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for func in tree.body:
+        if not isinstance(func, ast.FunctionDef) or (spec := _parametrize(func)) is None:
+            continue
+        argnames, rows = spec
+        fixed = _call_options(func)
+        for i, row in enumerate(rows):
+            values = dict(zip(argnames, (_value(e) for e in row.elts)))
+            if (values["pred"], values["gold"]) in seen:
+                continue
+            options = {**fixed, **{k: v for k, v in values.items()
+                                   if k not in ("gold", "pred", "expected")}}
+            options = {k: v for k, v in options.items() if _DEFAULTS.get(k) != v}
+            yield {"prediction": values["pred"], "reference": values["gold"],
+                   "expected": bool(values["expected"]), "suite": "lighteval",
+                   "case": f"tests/unit/metrics/test_extractive_match.py::{func.name}[{i}]",
+                   "options": options}
 
 
 def nemo_skills_cases(path: pathlib.Path):
@@ -135,12 +166,17 @@ def main():
     ap.add_argument("--nemo-skills", type=pathlib.Path, required=True, help="tests/test_math_equal.py")
     ap.add_argument("--hendrycks", type=pathlib.Path, required=True,
                     help="modeling/math_equivalence_test.py")
+    ap.add_argument("--lighteval", type=pathlib.Path, required=True,
+                    help="tests/unit/metrics/test_extractive_match.py")
     ap.add_argument("--out", type=pathlib.Path, required=True)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    for suite, rows in (("math_verify", math_verify_cases(args.math_verify)),
+    math_verify = list(math_verify_cases(args.math_verify))
+    seen = {(r["prediction"], r["reference"]) for r in math_verify}
+    for suite, rows in (("math_verify", math_verify),
                         ("nemo_skills", nemo_skills_cases(args.nemo_skills)),
-                        ("hendrycks", hendrycks_cases(args.hendrycks))):
+                        ("hendrycks", hendrycks_cases(args.hendrycks)),
+                        ("lighteval", lighteval_cases(args.lighteval, seen))):
         rows = list(rows)
         with open(args.out / f"{suite}.jsonl", "w", encoding="utf-8") as f:
             for row in rows:

@@ -7,7 +7,9 @@ Suites (labelled pairs; provenance in tests/rewards/public_math/README.md):
   math_verify   huggingface/Math-Verify's regression tests (269 pairs)
   nemo_skills   NVIDIA/NeMo-Skills tests/test_math_equal.py (58: 29 pairs, both orders)
   hendrycks     hendrycks/math modeling/math_equivalence_test.py (16)
-  public        the three above together
+  lighteval     huggingface/lighteval tests/unit/metrics/test_extractive_match.py,
+                the 41 pairs not already in math_verify (multilingual, letters)
+  public        the four above together
   math_verify_default   math_verify without the pairs labelled under non-default
                 Math-Verify settings (precision 2/4/5, strict=False,
                 allow_set_relation_comp=True)
@@ -38,8 +40,9 @@ _NON_DEFAULT = {"precision", "strict", "allow_set_relation_comp"}
 def _suites() -> dict:
     public = ROOT / "tests" / "rewards" / "public_math"
     suites = {name: cc.load_pairs(public / f"{name}.jsonl")
-              for name in ("math_verify", "nemo_skills", "hendrycks")}
-    suites["public"] = suites["math_verify"] + suites["nemo_skills"] + suites["hendrycks"]
+              for name in ("math_verify", "nemo_skills", "hendrycks", "lighteval")}
+    suites["public"] = [r for name in ("math_verify", "nemo_skills", "hendrycks", "lighteval")
+                        for r in suites[name]]
     suites["math_verify_default"] = [r for r in suites["math_verify"]
                                      if not _NON_DEFAULT & set(r.get("options", {}))]
     suites["ours"] = cc.load_pairs(ROOT / "tests" / "rewards" / "math_pairs.jsonl")

@@ -4,6 +4,7 @@ decimal commas, joined boxes, answers in prose (hand-labelled)."""
 import pytest
 
 from mm_rlhf_jax.rewards import math as rmath
+from mm_rlhf_jax.rewards.math.extract import choice_letter, extract_choice
 from mm_rlhf_jax.rewards.math.relations import is_name
 
 
@@ -23,10 +24,32 @@ from mm_rlhf_jax.rewards.math.relations import is_name
     ("The answer is Evelyn.", "Evelyn"),
     ("Soucis : 2,74 $ a..", "2,74"),
     ("AZYUK2A", None),
+    ("The answer is between 3 and 4.", "between 3 and 4"),  # a hedge stays prose
+    ("réponse est (35 + 70 = 105).", "105"),
+    ("计划的比例为13/28", "13/28"),
+    (r"答案：每份应该是 (\frac{2}{5}) 吨。", r"\frac{2}{5}"),
     (r"Answer $ \frac{1}{2} \$ = \frac{10}{9} $", r"\frac{1}{2} \$ = \frac{10}{9}"),
 ])
 def test_extraction(text, answer):
     assert rmath.extract_answer(text) == answer
+
+
+@pytest.mark.parametrize("text, letter", [
+    ("D. it can't be A or B", "D"), ("The answer is for sure D, it can't be A or B", "D"),
+    ("Let's think. It's not A, therefore I think it's B", "B"), ("réponse est C non A", "C"),
+    ("B。不是 A", "B"), ("B不是 A", "B"),
+    ("The answer is not A", None), ("Let us check option C.", None), ("I think it is A triangle", None),
+    ("The answer is (B) or (C).", None),
+])
+def test_choice_commitments(text, letter):
+    assert extract_choice(text) == letter
+
+
+@pytest.mark.parametrize("reference, letter", [
+    ("C Cecile", "C"), ("(D) Alina", "D"), ("C. x = 42", "C"), ("A triangle", None), ("Monday", None),
+])
+def test_choice_references(reference, letter):
+    assert choice_letter(reference) == letter
 
 
 @pytest.mark.parametrize("text, expected", [

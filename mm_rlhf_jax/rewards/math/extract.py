@@ -12,8 +12,9 @@
   3. the last "answer is X" / "answer: X" (case-insensitive, covering "The
      final answer is X"), up to the end of its sentence or line; when that
      is prose ("The largest $n$ is 34", "Jane started 3 hours ago"), what
-     follows its last "is"/"are"/"=" if that parses, else its last number
-     or math segment, else the prose itself (a text answer);
+     follows its first "is"/"are"/"was"/"=" if that parses, else its number
+     or math segment when it has exactly one, else the prose itself (a text
+     answer, or a hedge such as "between 3 and 4");
   4. the whole text, when it is short and parses as a math answer
      (`1/2`, `(1, 2]`, `x = 3`), has no prose words (`\\text{Monday}`), or
      is at most three words without digits (`Monday`, `yes`);
@@ -35,9 +36,13 @@ from mm_rlhf_jax.rewards.math import normalize as math_normalize, values as math
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _HASHES = re.compile(r"####\s*([^\n]*)")
-_ANSWER_IS = re.compile(r"answer\s*(?:is\s*:?|:)\s*", re.IGNORECASE)
+# "answer is" / "answer:", and the same marker in a few other languages.
+_ANSWER_IS = re.compile(
+    r"(?:answer\s*(?:is\s*:?|:)|r[ée]ponse\s*(?:est\s*:?|:)|respuesta\s*(?:es\s*:?|:)"
+    r"|resposta\s*(?:[ée]\s*:?|:)|risposta\s*(?:[èe]\s*:?|:)|antwort\s*(?:ist\s*:?|:)"
+    r"|答案\s*(?:是|为|：|:)|الإجابة\s*(?:هي|:)?)\s*", re.IGNORECASE)
 _NUMBER = re.compile(r"(?<![A-Za-z\d])-?(?:\d{1,3}(?:,\d{3})+(?![\d,])|(?<![\d,])\d+,\d{1,2}(?![\d,])"
-                     r"|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?%?")
+                     r"|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?%?|-?\\[dt]?frac\{\d+\}\{\d+\}")
 # `\$` is a currency sign, not a delimiter.
 _MATH_SEGMENT = re.compile(r"(?<!\\)\$\$(.+?)(?<!\\)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)"
                            r"|\\\[(.+?)\\\]", re.DOTALL)
@@ -47,11 +52,19 @@ _GAP_NOISE = re.compile(r"\\[()\[\]]|\$|\\q?quad|\\[,;:! ]|\\text\w*|\\mathrm|_\
 _MAX_GAP_WORDS = 4
 _MAX_GAP_CHARS = 80
 _MAX_LATE_MARKERS = 4  # "answer is" markers after the last box that are looked at
-_TAIL = re.compile(r".*(?:\bis|\bare|\bwas|=)\s*", re.DOTALL)
+_TAIL = re.compile(r".*?(?:\bis|\bare|\bwas|=)\s*", re.DOTALL)
 # After "answer is": a letter not followed by more of a word ("B", "(B)", "B.").
-_CHOICE_AFTER = re.compile(r"\(?([A-J])\)?(?![A-Za-z0-9])")
-# A whole response: "(B) ...", "B. ...", "B) ...", "B: ..." or just "B".
-_CHOICE_WHOLE = re.compile(r"(?:\(([A-J])\)|([A-J])[.:)])(?:\s.*)?|([A-J])", re.DOTALL)
+# After "answer is": a letter not followed by more of a word ("B", "(B)", "B."),
+# after at most three filler words that are not a negation ("for sure D").
+_CHOICE_AFTER = re.compile(r"(?:(?!not\b|never\b|non\b)[a-z]+\s+){0,3}\(?([A-J])\)?(?![A-Za-z0-9])")
+# Weaker commitments, trusted only when the letter ends the clause: "I think it's B."
+_CHOICE_SAID = re.compile(r"(?:\bit's|\bit is|\bI think|\bI choose)\s+\(?([A-J])\)?"
+                          r"(?=\s*(?:[.,;!。]|$))", re.MULTILINE)
+# A whole response: "(B) ...", "B. ...", "B) ...", "B: ...", "B。...", "B不是 A" or just "B".
+_CHOICE_WHOLE = re.compile(r"(?:\(([A-J])\)|([A-J])(?:[.:)。：]|(?=[^\x00-\x7f])))(?:\s.*|[^\x00-\x7f].*)?"
+                           r"|([A-J])", re.DOTALL)
+# Letters after a negation are rejected options, not alternatives ("D, it can't be A or B").
+_NEGATION = re.compile(r"n't\b|\bnot\b|\bnever\b|\bnon\b|\bnicht\b|不是|不")
 _MAX_WHOLE = 80
 
 
@@ -130,11 +143,11 @@ def last_boxed(text: str) -> str | None:
 
 def _sentence(rest: str) -> str:
     """The answer after "answer is": its $...$ segment, or up to the sentence end."""
-    rest = rest.split("\n", 1)[0].strip()
+    rest = rest.lstrip().split("\n", 1)[0].strip()
     seg = re.match(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)", rest)
     if seg:
         return next(g for g in seg.groups() if g is not None)
-    rest = re.split(r"(?<=[^\d\s])\.\s|\.\s+(?=[A-Z])|[!?](?:\s|$)|\.$", rest)[0]
+    rest = re.split(r"(?<=[^\d\s])\.\s|\.\s+(?!\d)|[!?](?:\s|$)|\.$", rest)[0]
     return rest.strip().rstrip(".").strip()
 
 
@@ -160,9 +173,18 @@ def _said_answer(sentence: str) -> str:
     if _is_math(sentence):
         return sentence
     tail = _TAIL.match(sentence)
-    if tail and sentence[tail.end():].strip() and _is_math(sentence[tail.end():]):
-        return sentence[tail.end():].strip()
-    return _last_number_or_math(sentence) or sentence
+    if tail:
+        value = sentence[tail.end():].strip()
+        while value.endswith(")") and value.count(")") > value.count("("):
+            value = value[:-1].rstrip()  # "(35 + 70 = 105)": the ")" closes the sentence's bracket
+        if value and _is_math(value):
+            return value
+    values = {m.group().strip() for m in _NUMBER.finditer(sentence)}
+    values |= {segment for segment in (next(g for g in m.groups() if g is not None).strip()
+                                        for m in _MATH_SEGMENT.finditer(sentence))
+               if re.search(r"\d", segment)}  # $f(x)$ names a thing, $19$ is a value
+    # one value only: "between 3 and 4" is a hedge, not the answer 4
+    return values.pop() if len(values) == 1 else sentence
 
 
 def extract_answer(text: str) -> str | None:
@@ -192,7 +214,7 @@ def extract_answer(text: str) -> str | None:
         # large for the parser, such as a tower of powers, is still the answer).
         bare = re.sub(r"\\text\{[^{}]*\}|\\(?:begin|end)\s*\{\w+\}", "", whole)
         # (a control character before letters is an escape-damaged command: \f + "rac")
-        prose = re.search(r"(?<![\\A-Za-z\x00-\x1f])[A-Za-z]{3,}", bare)
+        prose = re.search(r"(?<![\\A-Za-z\x00-\x1f])[A-Za-z]{3,}|[^\W\d_A-Za-z]{2,}", bare)
         short_words = not re.search(r"\d", whole) and len(whole.split()) <= 3
         if not prose or short_words or not isinstance(
                 math_values.parse_answer(whole), math_values.Text):
@@ -207,10 +229,11 @@ def _plain(text: str) -> str:
 
 def choice_letter(answer: str) -> str | None:
     """The letter when `answer` is a choice: "B", "(B)", "B.", "\\text{(B)}",
-    or a choice with its content ("C. x = 42", "(B) 12")."""
+    or a choice with its content ("C. x = 42", "(B) 12", "C Cecile": a letter
+    and a capitalised word; "A triangle" is not a choice)."""
     text = _plain(answer)
     m = (re.fullmatch(r"\(?([A-J])\)?[.:]?", text)
-         or re.match(r"(?:\(([A-J])\)|([A-J])[.:)])\s+\S", text))
+         or re.match(r"(?:\(([A-J])\)|([A-J])[.:)])\s+\S|([A-J])\s+[A-Z][a-z]", text))
     return next(g for g in m.groups() if g) if m else None
 
 
@@ -226,13 +249,19 @@ def extract_choice(text: str) -> str | None:
         found = _CHOICE_AFTER.match(rest)
         if found:
             return _unless_hedged(found.group(1), rest[found.end():].split("\n", 1)[0])
+    said = list(_CHOICE_SAID.finditer(text))
+    if said:
+        return _unless_hedged(said[-1].group(1), text[said[-1].end():].split("\n", 1)[0])
     if len(text.strip()) <= _MAX_WHOLE:
         return _whole_choice(text.strip()) or _whole_choice(_plain(text))
     return None
 
 
 def _unless_hedged(letter: str, rest: str) -> str | None:
-    """None when the rest of the line offers another letter: "(B) or (C)"."""
+    """None when the rest of the line offers another letter: "(B) or (C)"
+    (letters after a negation do not count: "D, it can't be A or B")."""
+    negation = _NEGATION.search(rest)
+    rest = rest[:negation.start()] if negation else rest
     others = re.findall(r"\(([A-J])\)|\b(?:or|and)\s+([A-J])\b", rest)
     if any((a or b) != letter for a, b in others):
         return None
