@@ -24,8 +24,11 @@ def small_pool():
     (r"so $\boxed{\frac{1}{3}}$", "0.5", 0.0),
     (r"$\boxed{2\sqrt{2}}$", r"\sqrt{8}", 1.0),  # bare LaTeX reference wrapped in $..$
     ("1000,99", "1000.99", 1.0),  # a plain number is passed as it is
+    ("x < -2", "x > -2", 0.0),  # a bare relation is read as LaTeX
     ("The answer is B", "B", 1.0),  # letters read with StringExtractionConfig
-    (r"$\boxed{x+y=2}$", "x-y=2", 1.0),  # Math-Verify's known false accept
+    (r"$\boxed{x+y=2}$", "x-y=2", 0.0),
+    ("7 = 2a + b", "2a + b", 1.0),  # Math-Verify's false accepts (labelled set)
+    (r"\{1,2\}", "(1,2)", 1.0),
 ])
 def test_math_verify_verdicts(response, reference, expected):
     assert VERIFIERS.get("math_verify")(response, reference) == expected
@@ -47,11 +50,11 @@ def test_a_hanging_verdict_times_out_from_a_thread():
 
 def test_combined_rule():
     # read by the package checker: its verdict stands, Math-Verify's false accept does not
-    assert VERIFIERS.get("math_combined")(r"$\boxed{x+y=2}$", "x-y=2") == 0.0
+    assert VERIFIERS.get("math_combined")("7 = 2a + b", "2a + b") == 0.0
     # not readable by the checker (|z| bounds): Math-Verify may accept
     assert combined.combined_reward(r"$z \in \left[-\frac{3}{2}, -1\right] \cup \left[1, \frac{3}{2}\right]$",
                                     r"$1\leq|z|\leq \frac{3}{2}$") == 1.0
-    assert combined.combined_rewards([(r"\boxed{4}", "4"), (r"\boxed{x+y=2}", "x-y=2"), ("no answer", "5")]) \
+    assert combined.combined_rewards([(r"\boxed{4}", "4"), (r"\{1,2\}", "(1,2)"), ("no answer", "5")]) \
         == [1.0, 0.0, 0.0]
 
 

@@ -8,9 +8,10 @@ letter, or identical spellings). Only a rejection that rests on a text
 fallback or on no extracted answer is handed to Math-Verify
 (mathverify.math_verify_reward), whose acceptance then stands.
 
-Why this rule and not "either accepts": Math-Verify's known false accepts
-(`x + y = 2` == `x - y = 2`, `(3, 4)` == `3, 4`, a prose "A triangle ..."
-read as choice A) are on answers this checker reads, so they never reach it;
+Why this rule and not "either accepts": Math-Verify's false accepts on the
+labelled set (`7 = 2a + b` == `2a + b`, `\\{1,2\\}` == `(1,2)`, `\\boxed{3 \\pm 0}`
+== 3, `1, 2` == `1, 2, 2`, the prose "A triangle has three sides" read as
+choice A) are on answers this checker reads, so they never reach it;
 Math-Verify adds recall only on notations outside this checker's grammar
 (`1 \\leq |z| \\leq 3/2` as a union of intervals). Its false accepts and
 accuracy on the labelled suites are in bench/RESULTS.md ("Math verifiers").

@@ -17,9 +17,10 @@ How it is called (`equivalent`, what the workers run): Math-Verify's own
 variables). Two adaptations for bare answers, which Math-Verify's LaTeX
 extraction does not find without delimiters (`\\frac12`, `(1, 2]` alone):
   * a side with no `$..$`, `\\(..\\)`, `\\[..\\]` or `\\boxed` that is one line of
-    at most 80 characters with LaTeX or brackets (`\\`, `(`, `[`, `{`, `^`, `_`)
-    is wrapped in `$..$`; plain numbers and words are passed as they are
-    (wrapping `1000,99` would make it a set);
+    at most 80 characters is wrapped in `$..$`, unless it is a plain number
+    (digits, `.`, `,`, `%`, signs) or plain words: `2x + 3`, `x < -2` and
+    `\\frac12` are read as LaTeX, while `1000,99` stays a decimal comma
+    (wrapped, it would be the set {1000, 99}) and `Monday` stays a word;
   * when the reference is a multiple-choice letter (extract.choice_letter),
     both sides are read with StringExtractionConfig over the letters A-J.
 
@@ -39,7 +40,7 @@ from mm_rlhf_jax.rewards.math.pool import CallTimeout, WorkerPool
 
 REQUIREMENT = "math-verify>=0.8,<1"  # as in setup.py; measured with 0.9.0
 _DELIMITED = re.compile(r"\$|\\\(|\\\[|\\boxed|\\fbox")
-_LATEX_HINT = re.compile(r"[\\(\[{^_]")
+_PLAIN = re.compile(r"[\d\s.,%+-]+|[A-Za-z\s]+")  # a plain number, or plain words
 _MAX_BARE = 80
 _log = logging.getLogger(__name__)
 _pool_lock = threading.Lock()
@@ -58,10 +59,10 @@ def _require() -> None:
 
 
 def _as_latex(text: str) -> str:
-    """Bare LaTeX in $..$ (module docstring); anything else unchanged."""
+    """A bare answer in $..$ (module docstring); anything else unchanged."""
     bare = text.strip()
     if (not _DELIMITED.search(bare) and "\n" not in bare and len(bare) <= _MAX_BARE
-            and _LATEX_HINT.search(bare)):
+            and not _PLAIN.fullmatch(bare)):
         return f"${bare}$"
     return text
 
