@@ -113,3 +113,15 @@ def test_check_reports_what_it_understood():
     assert rmath.check("no answer given", "5") == (False, False)
     assert rmath.check(r"$z \in [-2, -1] \cup [1, 2]$", r"$1 \leq |z| \leq 2$") == (False, False)
     assert rmath.check("Monday", "monday") == (True, False)  # equal as text
+
+
+@pytest.mark.parametrize("prediction", [
+    "\\boxed{" * 5000, "\\boxed{1} and " * 3000, "\\begin{pmatrix}" * 200, "1 = " * 2000,
+    "x < " * 1500, "the answer is " * 5000, "\\begin{pmatrix}" + "1&" * 5000 + "\\end{pmatrix}",
+    r"\begin{pmatrix}2&0\\0&2\end{pmatrix}^{1000}", r"\sum_{k=1}^{10^{9}} k", "answer: " + "x" * 100000,
+])
+def test_new_structures_stay_bounded(prediction):
+    import time
+    start = time.monotonic()
+    assert rmath.is_equivalent(prediction, "7") is False
+    assert time.monotonic() - start < 2.0
