@@ -42,7 +42,11 @@ TEST_REQUIRES = [
     "nbclient>=0.10,<1",
     "ipykernel>=6.29,<8",
     "matplotlib>=3.8,<4",
+    # the "math_verify" / "math_combined" verifiers (tests skip without it); measured with 0.9.0
+    "math-verify>=0.8,<1",
 ]
+# Optional verifiers: Math-Verify, the checker TRL, verl and open-r1 report with.
+MATH_VERIFY_REQUIRES = ["math-verify>=0.8,<1"]
 
 setuptools.setup(
     name="mm_rlhf_jax",
@@ -53,5 +57,5 @@ setuptools.setup(
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["mm_rlhf_jax", "mm_rlhf_jax.*"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "math_verify": MATH_VERIFY_REQUIRES},
 )

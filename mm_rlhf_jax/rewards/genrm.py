@@ -18,12 +18,12 @@ rate is logged, never hidden.
 """
 
 import dataclasses
-import re
 from typing import Sequence
 
 import numpy as np
 
 from mm_rlhf_jax.registry import Registry
+from mm_rlhf_jax.rewards.judge_score import parse_score
 from mm_rlhf_jax.rollout.generate import Generator, chat_encoder
 
 JUDGE_TEMPLATES: Registry[str] = Registry("GenRM judge template")
@@ -36,40 +36,6 @@ JUDGE_TEMPLATES.register("default")(
 # Short wording for the tiny word-level tokenizer (data/synthetic/reasoning.JUDGE_WORDS).
 JUDGE_TEMPLATES.register("tiny")(
     "Question : {prompt} Reference : {reference} Response : {response} Judge the response against the reference .")
-
-_SPACED_DECIMAL = re.compile(r"(\d)\s*\.\s*(\d)")
-_SCORE = re.compile(r"score\s*[:=]?\s*(\d+(?:\.\d+)?)\s*(%|/\s*\d+(?:\.\d+)?)?", re.IGNORECASE)
-_BARE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%|/\s*\d+(?:\.\d+)?)?\s*\.?\s*$")
-
-
-def parse_score(text: str) -> float | None:
-    """The judge's score in [0, 1], or None when there is none.
-
-    The last "Score: s" wins (judges often reason first); a bare number is
-    accepted when it is the whole output. "s/10" and "s%" are rescaled.
-    Word-level tokenizers decode "0.5" as "0 . 5"; spaced decimals are joined.
-    """
-    if not isinstance(text, str):
-        raise TypeError(f"parse_score: expected str, got {type(text).__name__}")
-    text = _SPACED_DECIMAL.sub(r"\1.\2", text)
-    matches = _SCORE.findall(text)
-    if matches:
-        value, scale = matches[-1]
-    else:
-        bare = _BARE.match(text)
-        if not bare:
-            return None
-        value, scale = bare.groups()
-    v = float(value)
-    if scale == "%":
-        v /= 100.0
-    elif scale:
-        denominator = float(scale.lstrip("/").strip())
-        if denominator <= 0:
-            return None
-        v /= denominator
-    return v if 0.0 <= v <= 1.0 else None
-
 
 @dataclasses.dataclass(frozen=True)
 class GenRMConfig:

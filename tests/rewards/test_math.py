@@ -27,7 +27,8 @@ def test_labelled_pairs_all_correct():
     assert len(wrong_but_close) >= 60
     categories = {r["category"] for r in rows}
     for needed in ("fraction", "decimal", "boxed", "negative", "percent", "interval", "tuple",
-                   "set", "choice", "units", "symbolic", "tolerance"):
+                   "set", "choice", "units", "symbolic", "tolerance", "relation", "chain",
+                   "labeled", "matrix", "comma_decimal", "multi_box", "prose_answer", "escaped"):
         assert needed in categories, needed
     errors = []
     for i, row in enumerate(rows):

@@ -8,7 +8,7 @@ from mm_rlhf_jax.rewards.verifiers import VERIFIERS
 
 def test_registry_entries_and_signature():
     assert isinstance(VERIFIERS, Registry)
-    assert VERIFIERS.names() == ["code", "math"]
+    assert VERIFIERS.names() == ["code", "math", "math_combined", "math_verify"]
     math_verifier = VERIFIERS.get("math")
     assert math_verifier("... so the answer is $\\boxed{\\frac{3}{4}}$.", "0.75") == 1.0
     assert math_verifier("... so the answer is $\\boxed{\\frac{3}{4}}$.", "0.7") == 0.0
@@ -19,5 +19,5 @@ def test_registry_entries_and_signature():
 
 
 def test_unknown_verifier_names_the_choices():
-    with pytest.raises(KeyError, match="registered: \\['code', 'math'\\]"):
+    with pytest.raises(KeyError, match="registered: \\['code', 'math', 'math_combined', 'math_verify'\\]"):
         VERIFIERS.get("chess")

@@ -11,7 +11,11 @@ grammar:
     postfix := primary "!"*
     primary := number | letter[_sub] | constant | (sum) | {sum} | [sum] | |sum|
              | \\frac{a}{b} | \\sqrt[n]{a} | \\binom{n}{k} | function argument
-             | \\lfloor sum \\rfloor | \\lceil sum \\rceil | \\text{number}
+             | \\lfloor sum \\rfloor | \\lceil sum \\rceil | \\text{number} | matrix
+             | \\sum_{k=a}^{b} term | \\prod_{k=a}^{b} term
+    matrix  := a matrix environment (lexer.py), each cell a sum; matrices
+               add, multiply, scale and take small integer powers as sympy
+               matrices
 
 Conventions: `e` is Euler's number and `i` the imaginary unit; `\\log` and
 `ln` are natural logarithms (`\\log_b x` has base b); a word of two or three
@@ -27,100 +31,28 @@ at `MAX_DIGITS` digits, factorials and binomials at `MAX_FACTORIAL`.
 Everything unparseable raises `ParseError`.
 """
 
+
 import re
 
 import sympy as sp
 
-from mm_rlhf_jax.rewards.math.normalize import matching_brace
+from mm_rlhf_jax.rewards.math import lexer
+from mm_rlhf_jax.rewards.math.lexer import CONSTANTS, FUNCTIONS, MAX_CHARS, ParseError
 
-MAX_CHARS = 400
+__all__ = ["MAX_CHARS", "ParseError", "parse_expression", "tokenize"]
+
 MAX_EXPONENT = 1000
 MAX_DIGITS = 10_000
 MAX_FACTORIAL = 1000
-
-
-class ParseError(ValueError):
-    """The text is not an expression this parser accepts."""
-
-
-_FUNCTIONS = {
-    "sin": sp.sin, "cos": sp.cos, "tan": sp.tan, "cot": sp.cot, "sec": sp.sec,
-    "csc": sp.csc, "arcsin": sp.asin, "arccos": sp.acos, "arctan": sp.atan,
-    "sinh": sp.sinh, "cosh": sp.cosh, "tanh": sp.tanh, "ln": sp.log, "log": sp.log,
-    "exp": sp.exp,
-}
-_CONSTANTS = {"pi": sp.pi, "infty": sp.oo, "infinity": sp.oo, "inf": sp.oo}
-_GREEK = {
-    "alpha", "beta", "gamma", "delta", "epsilon", "varepsilon", "zeta", "eta", "theta",
-    "vartheta", "iota", "kappa", "lambda", "mu", "nu", "xi", "rho", "sigma", "tau",
-    "upsilon", "phi", "varphi", "chi", "psi", "omega", "Gamma", "Delta", "Theta",
-    "Lambda", "Xi", "Sigma", "Phi", "Psi", "Omega",
-}
-_OPERATOR_COMMANDS = {"cdot": "*", "times": "*", "div": "/", "ast": "*"}
-_STRUCTURE_COMMANDS = {"frac", "sqrt", "binom", "lfloor", "rfloor", "lceil", "rceil",
-                       "lvert", "rvert", "vert", "mid"}
+MAX_MATRIX_POWER = 8
+MAX_SERIES_TERMS = 1000
 _UNIT_WORDS = {"cm", "mm", "km", "kg", "mg", "ml", "ft", "yd", "mi", "mph", "lbs", "oz", "hr",
                "hrs", "min", "sec", "cents", "dollars", "units", "sq", "cu"}
-_TOKEN = re.compile(r"""
-    (?P<space>\s+)
-  | (?P<num>(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?)
-  | (?P<cmd>\\[A-Za-z]+)
-  | (?P<word>[A-Za-z]+)
-  | (?P<op>\*\*|[-+*/^()\[\]{},!|=_%<>'])
-""", re.VERBOSE)
-
-
-class Token:
-    __slots__ = ("kind", "value", "space")
-
-    def __init__(self, kind, value, space):
-        self.kind, self.value, self.space = kind, value, space
-
-    def __repr__(self):
-        return f"Token({self.kind}, {self.value!r})"
 
 
 def tokenize(text: str) -> list:
-    """Tokens (kind in num, cmd, letter, word, op, text) with a space flag."""
-    if len(text) > MAX_CHARS:
-        raise ParseError(f"answer longer than {MAX_CHARS} characters")
-    tokens, i, space = [], 0, False
-    while i < len(text):
-        if text.startswith("\\text{", i):
-            close = matching_brace(text, i + 5)
-            if close < 0:
-                raise ParseError("unbalanced \\text{")
-            tokens.append(Token("text", text[i + 6:close].strip(), True))
-            i, space = close + 1, False
-            continue
-        m = _TOKEN.match(text, i)
-        if m is None:
-            raise ParseError(f"unexpected character {text[i]!r}")
-        kind, value = m.lastgroup, m.group()
-        i = m.end()
-        if kind == "space":
-            space = True
-            continue
-        if kind == "cmd":
-            name = value[1:]
-            if name in _OPERATOR_COMMANDS:
-                kind, value = "op", _OPERATOR_COMMANDS[name]
-            elif name in _GREEK:
-                kind, value = "letter", name
-            elif name in _FUNCTIONS or name in _CONSTANTS or name in _STRUCTURE_COMMANDS:
-                value = name
-            else:
-                raise ParseError(f"unsupported command \\{name}")
-        elif kind == "word":
-            if value in _FUNCTIONS or value in _CONSTANTS or value == "sqrt":
-                kind = "cmd"
-            elif len(value) == 1:
-                kind = "letter"
-        elif value == "**":
-            value = "^"
-        tokens.append(Token(kind, value, space))
-        space = False
-    return tokens
+    """lexer.tokenize with matrix cells parsed by this grammar."""
+    return lexer.tokenize(text, parse_expression)
 
 
 def _int_digits(q):
@@ -128,6 +60,10 @@ def _int_digits(q):
 
 
 def _power(base, exponent):
+    if isinstance(base, sp.MatrixBase):
+        if not (exponent.is_Integer and abs(exponent) <= MAX_MATRIX_POWER):
+            raise ParseError("matrix power needs a small integer exponent")
+        return base ** int(exponent)
     if exponent.is_Number and exponent.is_finite and abs(exponent) > MAX_EXPONENT:
         raise ParseError("exponent too large")
     if base.is_Rational and exponent.is_Integer and base != 0:
@@ -151,6 +87,7 @@ def _bounded_int(value, what):
 class _Parser:
     def __init__(self, tokens):
         self.tokens, self.pos = tokens, 0
+        self.bound = set()  # series indices: plain symbols even when named e or i
 
     # -- token helpers -------------------------------------------------------
     def peek(self, offset=0):
@@ -212,6 +149,8 @@ class _Parser:
             return False
         if tok.kind in ("letter", "cmd"):
             return tok.value not in ("rfloor", "rceil", "rvert", "mid")
+        if tok.kind == "matrix":
+            return True
         if tok.kind == "word":
             return not self.units_tail()
         return tok.kind == "op" and tok.value in ("(", "{")
@@ -262,6 +201,8 @@ class _Parser:
         tok = self.peek()
         if tok is None:
             raise ParseError("unexpected end")
+        if tok.kind == "matrix":
+            return self.take().value
         if tok.kind == "num":
             self.take()
             mantissa, _, exponent = tok.value.lower().partition("e")
@@ -291,9 +232,9 @@ class _Parser:
 
     def symbol(self):
         name = self.take("letter").value
-        if name == "e" and not self.at("op", "_"):
+        if name == "e" and not self.at("op", "_") and name not in self.bound:
             return sp.E
-        if name == "i" and not self.at("op", "_"):
+        if name == "i" and not self.at("op", "_") and name not in self.bound:
             return sp.I
         if self.at("op", "_"):
             self.take()
@@ -309,11 +250,13 @@ class _Parser:
         return sp.Symbol(name)
 
     def command(self, name):
-        if name in _CONSTANTS:
-            return _CONSTANTS[name]
+        if name in CONSTANTS:
+            return CONSTANTS[name]
         if name == "frac":
             numerator = self.group()
             return numerator / self.group()
+        if name in ("sum", "prod"):
+            return self.series(name)
         if name == "binom":
             n, k = self.group(), self.group()
             return sp.binomial(_bounded_int(n, "binom"), _bounded_int(k, "binom"))
@@ -332,9 +275,36 @@ class _Parser:
             expr = self.sum()
             self.take("cmd", "rvert" if name == "lvert" else "vert")
             return sp.Abs(expr)
-        if name in _FUNCTIONS:
+        if name in FUNCTIONS:
             return self.function(name)
         raise ParseError(f"unexpected \\{name}")
+
+    def series(self, name):
+        """`\\sum_{k=a}^{b} term` (and \\prod): evaluated when a and b are
+        integers at most MAX_SERIES_TERMS apart, else kept unevaluated (then
+        compared only structurally, see compare.py)."""
+        self.take("op", "_")
+        braced = self.at("op", "{")
+        if braced:
+            self.take()
+        index = sp.Symbol(self.take("letter").value)
+        self.take("op", "=")
+        low = self.sum() if braced else self.primary()
+        if braced:
+            self.take("op", "}")
+        self.take("op", "^")
+        high = self.group() if self.at("op", "{") else self.primary()
+        self.bound.add(index.name)  # the index i (or e) is not the imaginary unit here
+        try:
+            term = self.term()
+        finally:
+            self.bound.discard(index.name)
+        cls = sp.Sum if name == "sum" else sp.Product
+        if low.is_Integer and high.is_Integer:
+            if not 0 <= int(high) - int(low) < MAX_SERIES_TERMS:
+                raise ParseError(f"\\{name} with more than {MAX_SERIES_TERMS} terms")
+            return cls(term, (index, low, high)).doit()
+        return cls(term, (index, low, high))
 
     def argument(self):
         """A function argument: (..), {..}, or the next power (\\sin x, \\ln 2)."""
@@ -351,7 +321,7 @@ class _Parser:
             self.take()
             exponent = self.group() if self.at("op", "{") else self.primary()
         arg = self.argument()
-        value = sp.log(arg, base) if base is not None else _FUNCTIONS[name](arg)
+        value = sp.log(arg, base) if base is not None else FUNCTIONS[name](arg)
         return _power(value, exponent) if exponent is not None else value
 
 
@@ -362,8 +332,10 @@ def parse_expression(text: str) -> sp.Expr:
         raise ParseError("empty expression")
     try:
         expr = _Parser(tokens).parse()
-    except (TypeError, ZeroDivisionError, OverflowError, RecursionError) as e:
-        raise ParseError(str(e)) from None
+    except ParseError:
+        raise
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError, RecursionError) as e:
+        raise ParseError(str(e)) from None  # ValueError: sympy's shape and inversion errors
     if not isinstance(expr, sp.Basic):
         raise ParseError("not an expression")
     return expr

@@ -1,17 +1,25 @@
-"""Structured answers: scalars, tuples/intervals, sets/lists, unions, equations.
+"""Structured answers: scalars, tuples/intervals, sets/lists, unions, relations.
 
 `parse_answer(text)` normalises one extracted answer and reads its top-level
 structure before handing the pieces to `parse.parse_expression`:
 
-  A \\cup B \\cup ...     Union of intervals (compared as an unordered set)
-  a or b, a and b, a; b Collection (unordered)
-  {a, b, ...}           Collection (a set; `\\{..\\}` after normalisation)
-  (a, b], [a, b), (a,b) Seq with its bracket characters (tuple or interval):
-                        (1, 2) != [1, 2] and (1, 2) != 1, 2
-  a, b, ...             Collection: a bare list of answers is unordered
-  a \\pm b, \\pm b        Collection {a + b, a - b}, {b, -b}
-  x = a, x \\in S        the right-hand side, when the left is one variable
+  A \\cup B \\cup ...     Union of intervals or sets (compared unordered)
+  a or b, a and b, a; b Collection (unordered); `1or2`-style glued "or"
+                        between a digit or bracket and the next answer too
+  a < b, a \\le b < c    Relation (relations.py); `\\neq` too
+  x = a, f(x) = a       Labeled: the value a under a name (relations.py)
+  a = b = c, a \\approx b the last exact part of a computation chain
   lhs = rhs             Equation
+  x \\in S               S under the name x
+  {a, b, ...}           Collection, braced (a set; `\\{..\\}` after normalisation)
+  (a, b], [a, b), (a,b) Seq with its bracket characters (tuple or interval):
+                        (1, 2) != [1, 2] and (1, 2) != 1, 2; `(a; b)` too
+  a, b, ...             Collection: a bare list of answers is unordered; nested
+                        bare lists are flattened (`21, 16 or 11` is 3 answers)
+  d,dd                  a bare list that may also be a decimal comma: `2,74`
+                        equals 2.74 (and the list 2, 74); `1,234` is 1234
+  a \\pm b, \\pm b        Collection {a + b, a - b}, {b, -b}
+  a : b                 Scalar a/b (a ratio; b != 0)
   a%                    Scalar with percent=True
   words only            Text ("Monday"; compared case-insensitively)
   anything else         Scalar, or Text when it does not parse as math
@@ -22,12 +30,12 @@ import re
 
 import sympy as sp
 
-from mm_rlhf_jax.rewards.math import normalize as math_normalize
+from mm_rlhf_jax.rewards.math import normalize as math_normalize, relations
 from mm_rlhf_jax.rewards.math.parse import MAX_CHARS, ParseError, parse_expression
 
 _OPEN, _CLOSE = "([{", ")]}"
-_SEPARATORS = re.compile(r"\\text\{\s*(?:or|and)\s*\}|\s(?:or|and)\s|;")
-_SIMPLE_LHS = re.compile(r"^\s*(?:[A-Za-z](?:_\{?\w+\}?)?|\\[A-Za-z]+)\s*$")
+_SEPARATORS = re.compile(r"\\text\{\s*(?:or|and)\s*\}|\s(?:or|and)\s|;"
+                         r"|(?<=[0-9)\]}])\s*or\s*(?=[-A-Z0-9(\[{\\])")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +54,8 @@ class Seq:
 @dataclasses.dataclass(frozen=True)
 class Collection:
     items: tuple
+    braced: bool = False  # written as a set {..}; bare lists are flattened into each other
+    decimal: Scalar | None = None  # the decimal-comma reading of "2,74"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,23 +70,40 @@ class Equation:
 
 
 @dataclasses.dataclass(frozen=True)
+class Relation:
+    ops: tuple  # canonical operators between consecutive parts: "<", "<=", ">", ">=", "!="
+    parts: tuple  # sympy expressions
+    names: tuple  # per part: its text when it is a name (relations.is_name), else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Labeled:
+    name: str  # the name as written (normalised, spaces removed)
+    lhs: sp.Basic | None  # the name as an expression, when it parses (y in y = 2x + 1)
+    value: object
+
+
+@dataclasses.dataclass(frozen=True)
 class Text:
     text: str
 
 
-def split_top_level(text: str, separator) -> list:
-    """Splits at matches of `separator` (a compiled regex) outside brackets."""
+def split_top_level(text: str, separator, found=None) -> list:
+    """Splits at matches of `separator` (a compiled regex) outside brackets and
+    `\\begin..\\end` environments; the matched texts are appended to `found`."""
     parts, depth, start, i = [], 0, 0, 0
     while i < len(text):
         c = text[i]
-        if c in _OPEN:
+        if c in _OPEN or text.startswith("\\begin", i):
             depth += 1
-        elif c in _CLOSE:
+        elif c in _CLOSE or text.startswith("\\end", i):
             depth -= 1
         elif depth == 0:
             m = separator.match(text, i)
             if m is not None and m.end() > i:
                 parts.append(text[start:i])
+                if found is not None:
+                    found.append(m.group())
                 start = i = m.end()
                 continue
         i += 1
@@ -100,10 +127,67 @@ def _outer_brackets(text: str):
 
 
 _COMMA = re.compile(",")
+_SEMICOLON = re.compile(";")
 _CUP = re.compile(r"\\cup")
 _PM = re.compile(r"\\pm|\\mp")
-_EQ = re.compile("=")
 _IN = re.compile(r"\\in(?![A-Za-z])")
+_RATIO = re.compile(":")
+_DECIMAL_COMMA = re.compile(r"-?\d+,\d+")
+
+
+def _bare(items) -> Collection:
+    """A bare list; nested bare lists are flattened ("21, 16 or 11"), except
+    groups of labelled values ("p=5, q=2; p=7, q=2" is two solutions)."""
+    flat = []
+    for item in items:
+        if (isinstance(item, Collection) and not item.braced
+                and not all(isinstance(x, Labeled) for x in item.items)):
+            flat.extend(item.items)
+        else:
+            flat.append(item)
+    return Collection(tuple(flat))
+
+
+def _labeled(name_text: str, value) -> Labeled:
+    try:
+        lhs = _scalar(name_text).expr
+    except (ParseError, RecursionError):
+        lhs = None
+    return Labeled(re.sub(r"\s+", "", name_text), lhs, value)
+
+
+def _relation(pieces, ops):
+    parts = tuple(_scalar(p).expr for p in pieces)
+    names = tuple(re.sub(r"\s+", "", p) if relations.is_name(p) else None for p in pieces)
+    return Relation(tuple(ops), parts, names)
+
+
+def _is_numeric(text: str) -> bool:
+    try:
+        return not _scalar(text).expr.free_symbols
+    except (ParseError, RecursionError):
+        return False
+
+
+def _equality(text: str, has_comma: bool):
+    """The value of an `=`/`\\approx` chain (relations.py), or None when `text` has none."""
+    seps = []
+    parts = split_top_level(text, relations.EQUALITY, found=seps)
+    if len(parts) < 2 or (has_comma and len(parts) > 2):
+        return None  # "x = 1, y = 2" is a list of labelled answers
+    if any(not p.strip() for p in parts):
+        raise ParseError(f"empty side of = in {text!r}")
+    if len(parts) == 2 and seps[0] == "=":
+        if relations.is_name(parts[0]):
+            return _labeled(parts[0], _parse(parts[1]))
+        if _is_numeric(parts[0]) and _is_numeric(parts[1]):
+            return _parse(parts[1])
+        if has_comma:
+            return None
+        return Equation(_scalar(parts[0]).expr, _scalar(parts[1]).expr)
+    index, named = relations.chain_answer(parts, seps)
+    value = _parse(parts[index])
+    return _labeled(parts[0], value) if named and index > 0 else value
 
 
 def _parse(text: str):
@@ -113,36 +197,51 @@ def _parse(text: str):
     parts = split_top_level(text, _CUP)
     if len(parts) > 1:
         pieces = tuple(_parse(p) for p in parts)
-        if not all(isinstance(p, Seq) and len(p.items) == 2 for p in pieces):
-            raise ParseError("\\cup needs intervals")
+        if not all((isinstance(p, Seq) and len(p.items) == 2)
+                   or (isinstance(p, Collection) and p.braced) for p in pieces):
+            raise ParseError("\\cup needs intervals or sets")
         return Union(pieces)
     parts = split_top_level(text, _SEPARATORS)
     if len(parts) > 1:
-        return Collection(tuple(_parse(p) for p in parts if p.strip()))
-    for relation in (_IN, _EQ):
-        parts = split_top_level(text, relation)
-        if len(parts) == 2 and _SIMPLE_LHS.match(parts[0]):
-            return _parse(parts[1])
+        return _bare(_parse(p) for p in parts if p.strip())
+    has_comma = len(split_top_level(text, _COMMA)) > 1
+    relation = None if has_comma else relations.split_relation(text, split_top_level)
+    if relation is not None:
+        return _relation(*relation)
+    value = _equality(text, has_comma)
+    if value is not None:
+        return value
+    parts = split_top_level(text, _IN)
+    if len(parts) == 2 and relations.is_name(parts[0]):
+        return _labeled(parts[0], _parse(parts[1]))
     outer = _outer_brackets(text)
     if outer is not None:
         open_, close, inner = outer
         items = split_top_level(inner, _COMMA)
+        if len(items) == 1:
+            items = split_top_level(inner, _SEMICOLON)  # (0; -2; 6)
         if open_ == "{" and close == "}":
             if len(items) > 1:
-                return Collection(tuple(_parse(p) for p in items))
-        elif len(items) > 1 and (open_, close) != ("{", "}"):
+                return Collection(tuple(_parse(p) for p in items), braced=True)
+        elif len(items) > 1:
             return Seq(open_, close, tuple(_scalar(p) for p in items))
     items = split_top_level(text, _COMMA)
     if len(items) > 1:
-        return Collection(tuple(_parse(p) for p in items if p.strip()))
+        collection = _bare(_parse(p) for p in items if p.strip())
+        if _DECIMAL_COMMA.fullmatch(text):
+            return Collection(collection.items, decimal=_scalar(text.replace(",", ".")))
+        return collection
     parts = split_top_level(text, _PM)
     if len(parts) == 2:
         first = _scalar(parts[0]).expr if parts[0].strip() else sp.Integer(0)
         second = _scalar(parts[1]).expr
         return Collection((Scalar(first + second), Scalar(first - second)))
-    parts = split_top_level(text, _EQ)
+    parts = split_top_level(text, _RATIO)
     if len(parts) == 2:
-        return Equation(_scalar(parts[0]).expr, _scalar(parts[1]).expr)
+        numerator, denominator = _scalar(parts[0]).expr, _scalar(parts[1]).expr
+        if denominator == 0:
+            raise ParseError("ratio with a zero second term")  # 12:00 is a time: Text
+        return Scalar(numerator / denominator)
     return _scalar(text)
 
 
