@@ -56,6 +56,7 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["mm_rlhf_jax", "mm_rlhf_jax.*"]),
+    package_data={"mm_rlhf_jax": ["models/known/*.json"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES, "math_verify": MATH_VERIFY_REQUIRES},
 )

@@ -37,6 +37,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.ppo.kl_coef = 0.05  # lambda of the Align-Pro objective
     elif arg == "qwen2_0p5b_for_7b":
         c.model.init_from = "/ckpt/qwen2.5-0.5b-instruct"
+        c.model.architecture = "Qwen2-0.5B"  # for aot.py without the checkpoint
         c.model.dtype = "bfloat16"
         c.frozen = config_lib.frozen_block(init_from="/ckpt/qwen2.5-7b-instruct", max_prompt_length=1024,
                                            max_new_tokens=512, warm_start=config_lib.sft_block())

@@ -21,6 +21,8 @@ Shared: lr 5e-7 cosine, warmup 0.1, weight decay 0, 1 epoch, policy RoPE theta 1
 own), chunks <= 32K tokens (grouped 16K..30K in the code), documents > 64K tokens, questions T 0.7 / p 0.9.
 """
 
+import os
+
 import ml_collections
 
 from mm_rlhf_jax import config_lib
@@ -67,6 +69,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 def _paper_scale(c: ml_collections.ConfigDict, checkpoint: str) -> None:
     """8 sequences of up to 128K tokens per step, 1 epoch (45K Mistral / 32K Qwen samples at batch 8)."""
     c.model.init_from = checkpoint
+    c.model.architecture = os.path.basename(checkpoint)  # for aot.py without the checkpoint
     c.model.dtype = "bfloat16"
     c.model.remat = "full"
     c.model.scan_layers = True

@@ -34,7 +34,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.train.checkpoint_every = 100
     elif arg == "llava_ov_7b":
         c.model.init_from = "/ckpt/llava-onevision-qwen2-7b-ov-hf"
+        c.model.architecture = "llava-onevision-qwen2-7b-ov-hf"  # for aot.py without the checkpoint
         c.model.dtype = "bfloat16"
+        c.model.scan_layers = True
         c.model.remat = "full"
         c.model.trainable = "projector_and_llm"  # vision tower frozen, as the paper
         c.data.synthetic = False

@@ -59,7 +59,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
                                                       num_examples=2048)
     elif arg == "qwen2_7b":
         c.model.init_from = "/ckpt/qwen2.5-7b-sft"  # the SFT policy (also the reference and the critic's start)
+        c.model.architecture = "Qwen2.5-7B-Instruct"  # for aot.py without the checkpoint
         c.model.dtype = "bfloat16"
+        c.model.scan_layers = True
         c.model.remat = "full"
         c.data.synthetic = False
         c.mesh = config_lib.mesh_block(fsdp=-1)

@@ -55,6 +55,9 @@ def train_block(**overrides) -> CD:
         eval_every=0,  # 0 = evaluate only at the end
         checkpoint_every=0,  # 0 = checkpoint only at the end (and on SIGTERM)
         max_checkpoints=2,  # orbax max_to_keep
+        # Gradient accumulation: each step's global batch (RL: each minibatch) is split into this many
+        # microbatches, scanned inside the jitted step; the step equals the full-batch step.
+        microbatches=1,
     ), overrides)
 
 
@@ -70,9 +73,12 @@ def model_block(**tiny_overrides) -> CD:
     ), tiny_overrides)
     return CD(dict(
         init_from="",  # local transformers checkpoint folder; "" = random init of `tiny`
+        # A bundled architecture (models/known/<name>.json) for ahead-of-time compiles on a machine
+        # without the checkpoint; init_from's own config.json wins when it exists.
+        architecture="",
         dtype="float32",  # compute dtype (bfloat16 on accelerators)
         param_dtype="float32",  # storage dtype
-        remat="none",  # none | full | dots
+        remat="none",  # none | full (save nothing) | dots (matmul outputs) | attention (attention outputs only)
         scan_layers=False,  # one scanned layer stack (faster compiles at depth)
         attention_impl="auto",  # a kernels.attention impl: auto | pallas | xla | reference | ...
         trainable="all",  # a train.model_factory.TRAINABLE name

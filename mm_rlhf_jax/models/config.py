@@ -48,7 +48,7 @@ class DecoderConfig:
     # Numerics and memory knobs (not part of the HF architecture).
     dtype: Any = jnp.bfloat16  # compute dtype
     param_dtype: Any = jnp.float32  # storage dtype
-    remat: str = "none"  # "none" | "full" | "dots" (save matmul outputs without batch dims)
+    remat: str = "none"  # "none" | "full" | "dots" | "attention" (layers.remat_policy)
     scan_layers: bool = False
     attention_impl: str = "auto"  # passed to kernels.attention(impl=...)
     initializer_range: float = 0.02

@@ -11,6 +11,7 @@ from typing import Any
 import flax.linen as nn
 import flax.struct
 import jax
+from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 
 from mm_rlhf_jax import kernels
@@ -64,6 +65,7 @@ class Attention(nn.Module):
             kv_segment_ids=kv_segment_ids, branch_ids=ctx.branch_ids, causal=True,
             q_offset=q_offset, sliding_window=self.window, impl=cfg.attention_impl,
         )
+        out = checkpoint_name(out, layers.ATTENTION_OUT)  # kept by the "attention" remat policy
         out = layers.Linear((cfg.num_heads, d), (cfg.hidden_size,), ("heads", "head_dim", "embed"),
                             use_bias=cfg.o_bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype, std=std,
                             name="o_proj")(out)

@@ -80,8 +80,9 @@ def build_model(config) -> nn.Module:
 
 def abstract_params(model: nn.Module):
     """The parameter tree as ShapeDtypeStructs, boxed with logical axis names (no memory used)."""
-    ids = jnp.zeros((1, 1), jnp.int32)
-    return jax.eval_shape(lambda: model.init(jax.random.key(0), ids))["params"]
+    # Every array is created inside the traced function, so this works under any mesh (also a TPU
+    # topology mesh on a CPU host, where a concrete array cannot be placed).
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))["params"]
 
 
 def param_shardings(model: nn.Module, mesh: Mesh, rules=TRAIN_RULES):
@@ -149,12 +150,31 @@ def _validate(specs, reader, keymap: dict[str, str], config) -> None:
                          f"{type(config).__name__} does not use: {sorted(unused)[:20]}")
 
 
-def load_config(path: str, dtype=jnp.float32, *, param_dtype=None, **config_overrides):
-    """The DecoderConfig / LlavaOnevisionConfig of a checkpoint folder (reads only config.json)."""
-    with open(os.path.join(path, "config.json")) as f:
+def _config_from_file(path: str, dtype, param_dtype, overrides: dict):
+    with open(path) as f:
         hf = json.load(f)
     numerics = {"dtype": dtype, "param_dtype": param_dtype or dtype}
-    return hf_config.architecture_of(hf).from_hf(hf, {**numerics, **config_overrides})
+    return hf_config.architecture_of(hf).from_hf(hf, {**numerics, **overrides})
+
+
+def load_config(path: str, dtype=jnp.float32, *, param_dtype=None, **config_overrides):
+    """The DecoderConfig / LlavaOnevisionConfig of a checkpoint folder (reads only config.json)."""
+    return _config_from_file(os.path.join(path, "config.json"), dtype, param_dtype, config_overrides)
+
+
+_KNOWN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "known")
+
+
+def known_architectures() -> list[str]:
+    """Names of the bundled architectures of known checkpoints (models/known/README.md)."""
+    return sorted(f[:-5] for f in os.listdir(_KNOWN) if f.endswith(".json"))
+
+
+def known_config(name: str, dtype=jnp.float32, *, param_dtype=None, **config_overrides):
+    """The config of a bundled known checkpoint (its config.json's architecture fields), as load_config."""
+    if name not in known_architectures():
+        raise ValueError(f"unknown bundled architecture {name!r}; known: {known_architectures()}")
+    return _config_from_file(os.path.join(_KNOWN, name + ".json"), dtype, param_dtype, config_overrides)
 
 
 def load_pretrained(path: str, dtype=jnp.float32, *, param_dtype=None, mesh: Mesh | None = None, rules=None,

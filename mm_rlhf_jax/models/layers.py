@@ -36,11 +36,21 @@ class RMSNorm(nn.Module):
         return (weight.astype(jnp.float32) * x32).astype(self.dtype)
 
 
+# Activations tagged with jax.ad_checkpoint.checkpoint_name for the "attention" remat policy.
+ATTENTION_OUT = "attention_out"
+
+
 def remat_policy(name: str):
-    """Named rematerialisation policies for `nn.remat`."""
+    """Named rematerialisation policies for `nn.remat`.
+
+      full       save nothing: recompute the whole layer in the backward pass (least memory)
+      dots       save matmul outputs without batch dimensions
+      attention  save only each layer's attention output (the costliest recompute), recompute the rest
+    """
     policies = {
         "full": jax.checkpoint_policies.nothing_saveable,
         "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+        "attention": jax.checkpoint_policies.save_only_these_names(ATTENTION_OUT),
     }
     if name not in policies:
         raise ValueError(f"unknown remat policy {name!r}; use none, {', '.join(policies)}")

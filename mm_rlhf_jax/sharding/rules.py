@@ -2,8 +2,9 @@
 
 Every parameter carries logical names (via `nn.with_logical_partitioning`);
 key activations are constrained with `constrain`. One table per layout:
-training (FSDP + tensor parallel) and sampling (weights not FSDP-sharded, so a
-decode step never all-gathers weights).
+training (weights and optimizer state split over fsdp x sequence x data, plus
+tensor parallelism) and sampling (weights not FSDP-sharded, so a decode step
+never all-gathers weights).
 
 Parameters:   vocab, embed, mlp, heads, kv_heads, head_dim, layers, norm,
               vision_embed, vision_mlp, vision_heads, patch
@@ -30,16 +31,21 @@ _ACTIVATIONS: Rules = (
     ("act_vocab", "tensor"),
 )
 
+# Parameters (and their optimizer moments) are split over every axis that does not split heads:
+# fsdp, and also sequence and data when a layout uses them (LongPO's sequence axis would otherwise
+# hold a full copy of the f32 state per device). Weights are all-gathered per layer in the forward.
+PARAM_AXES = ("fsdp", "sequence", "data")
+
 TRAIN_RULES: Rules = _ACTIVATIONS + (
     ("vocab", "tensor"),
-    ("embed", "fsdp"),
+    ("embed", PARAM_AXES),
     ("mlp", "tensor"),
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
     ("head_dim", None),
     ("layers", None),
     ("norm", None),
-    ("vision_embed", "fsdp"),
+    ("vision_embed", PARAM_AXES),
     ("vision_mlp", "tensor"),
     ("vision_heads", "tensor"),
     ("patch", None),

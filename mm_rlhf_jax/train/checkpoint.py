@@ -45,5 +45,10 @@ class Checkpointer:
 
 
 def abstract_like(tree, shardings):
-    """ShapeDtypeStructs with target shardings, the restore target for `tree`."""
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+    """ShapeDtypeStructs with target shardings, the restore target for `tree`.
+
+    None leaves (the optimizer-state slots of frozen parameters) stay None; their
+    shardings entry (a replicated placeholder) is ignored.
+    """
+    return jax.tree.map(lambda x, s: None if x is None else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        tree, shardings, is_leaf=lambda x: x is None)

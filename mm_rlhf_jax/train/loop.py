@@ -13,10 +13,9 @@ import logging
 import math
 import signal
 import threading
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Protocol
 
 import jax
-import numpy as np
 from tqdm import tqdm
 
 from mm_rlhf_jax.sharding import placement

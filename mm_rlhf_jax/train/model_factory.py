@@ -9,6 +9,8 @@ a second checkpoint such as the GenRM judge or Align-Pro's frozen model
 modules (`architecture` + `hf.build_model`).
 """
 
+import os
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -71,18 +73,33 @@ def _overrides(c: ml_collections.ConfigDict) -> dict:
     return dict(remat=c.remat, scan_layers=c.scan_layers, attention_impl=c.attention_impl)
 
 
-def architecture(c: ml_collections.ConfigDict):
-    """The model config (DecoderConfig / LlavaOnevisionConfig) of the `model` block, numerics applied."""
-    if c.init_from:
-        return hf.load_config(c.init_from, dtype(c.dtype), param_dtype=dtype(c.param_dtype), **_overrides(c))
+def architecture(c: ml_collections.ConfigDict, *, allow_known: bool = False):
+    """The model config (DecoderConfig / LlavaOnevisionConfig) of the `model` block, numerics applied.
+
+    allow_known: when init_from has no config.json (no checkpoint on this machine),
+    use the bundled architecture `model.architecture` (ahead-of-time compiles).
+    """
+    numerics = dict(param_dtype=dtype(c.param_dtype), **_overrides(c))
+    if c.init_from and (not allow_known or os.path.exists(os.path.join(c.init_from, "config.json"))):
+        return hf.load_config(c.init_from, dtype(c.dtype), **numerics)
+    if c.init_from or c.architecture:
+        if not (allow_known and c.architecture):
+            raise ValueError(f"model.init_from={c.init_from!r} has no config.json; set model.architecture to one "
+                             f"of {hf.known_architectures()} to compile without the checkpoint")
+        return hf.known_config(c.architecture, dtype(c.dtype), **numerics)
     return tiny_config(c)
 
 
-def build(c: ml_collections.ConfigDict, seed: int):
-    """(module, reference identity dict) from the `model` block; no parameters are created."""
-    if c.init_from:
+def build(c: ml_collections.ConfigDict, seed: int, *, allow_known: bool = False):
+    """(module, reference identity dict) from the `model` block; no parameters are created.
+
+    allow_known: see architecture (the identity then names the bundled architecture).
+    """
+    if c.init_from and not (allow_known and not os.path.exists(os.path.join(c.init_from, "config.json"))):
         identity = {"checkpoint": reference_cache.checkpoint_identity(c.init_from), "dtype": c.dtype}
         return hf.build_model(architecture(c)), identity
+    if c.init_from or c.architecture:
+        return hf.build_model(architecture(c, allow_known=allow_known)), {"architecture": c.architecture}
     return hf.build_model(tiny_config(c)), {"tiny": c.tiny.to_dict(), "seed": seed, "dtype": c.dtype}
 
 

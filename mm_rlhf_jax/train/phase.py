@@ -1,7 +1,8 @@
 """A run's context and its training phases: every phase (warm start, main phase, LongPO round) runs here.
 
     with phase.run_context(config, workdir) as ctx:          # mesh, rules, writer, config.json
-        result = phase.train_params(ctx.workdir, ctx, module, params_fn, step_fn, data_iter, tx, ...)
+        step = phase.params_step(module, step_fn, tx, trainable=..., mesh=ctx.mesh, rules=ctx.rules)
+        result = phase.train_params(ctx.workdir, ctx, step, params_fn, data_iter, steps=..., ...)
         phase.report("mm_dpo", {...}, ctx.writer)             # eval.json + the one-line summary
 
 A phase keeps its checkpoints in <directory>/checkpoints, so re-running the
@@ -31,7 +32,7 @@ import ml_collections
 from jax.sharding import Mesh
 
 from mm_rlhf_jax.models import hf
-from mm_rlhf_jax.sharding import TRAIN_RULES, make_mesh, placement, replicated, unbox_values
+from mm_rlhf_jax.sharding import TRAIN_RULES, logical_shardings, make_mesh, placement, replicated, unbox_values
 from mm_rlhf_jax.train import checkpoint, loop, metrics as metrics_lib, partition, state as state_lib
 
 
@@ -109,31 +110,55 @@ def has_checkpoint(directory: str) -> bool:
         ckpt.close()
 
 
-def train_params(directory: str, ctx: RunContext, module, params_fn: Callable[[], Any], step_fn: Callable,
-                 data_iter, tx, *, trainable: tuple[str, ...], seed: int, steps: int, log_every: int,
-                 checkpoint_every: int = 0, max_to_keep: int = 1, eval_fn: Callable[[Any], dict] | None = None,
-                 eval_every: int = 0, initial_eval: str | None = None,
-                 writer: metrics_lib.MetricWriter | None = None) -> PhaseResult:
-    """A phase over a TrainState of `module`'s parameters.
+@dataclasses.dataclass(frozen=True)
+class ParamsStep:
+    """A step over a TrainState of one module's parameters, jitted with its shardings (for run() and aot)."""
 
-    step_fn(state, batch, *, module, tx, mask) is jitted here with the state
-    donated and explicit output shardings; params_fn() gives the starting
-    parameters (called only without a checkpoint); eval_fn(params) -> metrics.
+    jit: Callable  # (state, batch) -> (state, metrics); state donated
+    tx: Any
+    mask: Any
+    shardings: state_lib.TrainState  # NamedShardings of every TrainState leaf
+    abstract_state: state_lib.TrainState  # ShapeDtypeStructs carrying those shardings (restore / AOT target)
+
+
+def params_step(module, step_fn: Callable, tx, *, trainable: tuple[str, ...], mesh: Mesh, rules) -> ParamsStep:
+    """step_fn(state, batch, *, module, tx, mask) jitted with the state donated and explicit output shardings.
+
+    The one construction of a params train step: run() trains with it and
+    aot.compile_train_step compiles it, so both see the same program.
     """
     abstract = hf.abstract_params(module)
     mask = partition.trainable_mask(unbox_values(abstract), trainable)
-    shardings = state_lib.state_shardings(abstract, ctx.mesh, ctx.rules, tx, mask)
+    shardings = state_lib.state_shardings(abstract, mesh, rules, tx, mask)
     abstract_state = jax.eval_shape(
         lambda p: state_lib.create_state(p, tx, mask, jax.random.PRNGKey(0), shardings), unbox_values(abstract))
     jit_step = jax.jit(functools.partial(step_fn, module=module, tx=tx, mask=mask),
-                       out_shardings=(shardings, replicated(ctx.mesh)), donate_argnames=("state",))
-    state_fn = lambda: state_lib.create_state(params_fn(), tx, mask, jax.random.PRNGKey(seed), shardings)
-    return run_phase(directory, ctx, state_fn=state_fn, abstract_state=checkpoint.abstract_like(abstract_state,
-                                                                                              shardings),
-                     step_fn=jit_step, data_iter=data_iter, steps=steps, log_every=log_every,
-                     checkpoint_every=checkpoint_every, max_to_keep=max_to_keep,
-                     eval_fn=None if eval_fn is None else (lambda s: eval_fn(s.params)), eval_every=eval_every,
-                     initial_eval=initial_eval, writer=writer)
+                       out_shardings=(shardings, replicated(mesh)), donate_argnames=("state",))
+    return ParamsStep(jit_step, tx, mask, shardings, checkpoint.abstract_like(abstract_state, shardings))
+
+
+def train_params(directory: str, ctx: RunContext, step: ParamsStep, params_fn: Callable[[], Any], data_iter, *,
+                 seed: int, steps: int, log_every: int, checkpoint_every: int = 0, max_to_keep: int = 1,
+                 eval_fn: Callable[[Any], dict] | None = None, eval_every: int = 0, initial_eval: str | None = None,
+                 writer: metrics_lib.MetricWriter | None = None) -> PhaseResult:
+    """A phase over a TrainState of one module's parameters, trained with `step` (params_step).
+
+    params_fn() gives the starting parameters (called only without a
+    checkpoint); eval_fn(params) -> metrics.
+    """
+    state_fn = lambda: state_lib.create_state(params_fn(), step.tx, step.mask, jax.random.PRNGKey(seed),
+                                              step.shardings)
+    return run_phase(directory, ctx, state_fn=state_fn, abstract_state=step.abstract_state, step_fn=step.jit,
+                     data_iter=data_iter, steps=steps, log_every=log_every, checkpoint_every=checkpoint_every,
+                     max_to_keep=max_to_keep, eval_fn=None if eval_fn is None else (lambda s: eval_fn(s.params)),
+                     eval_every=eval_every, initial_eval=initial_eval, writer=writer)
+
+
+def abstract_params(module, mesh: Mesh, rules):
+    """The module's parameters as ShapeDtypeStructs with their NamedShardings (reference / AOT inputs)."""
+    abstract = hf.abstract_params(module)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), unbox_values(abstract),
+                        logical_shardings(abstract, mesh, rules))
 
 
 def scalars(d: dict) -> dict:

@@ -46,16 +46,22 @@ from mm_rlhf_jax.train.optim import sft_optimizer
 PAIR_KEYS = ("input_ids", "attention_mask", "loss_mask")
 
 
-def sft_terms(module, params, batch):
-    """(loss, metrics): token-mean NLL of the first (chosen) sequence of each row."""
+def sft_counts(batch) -> dict:
+    """The global normaliser: response tokens of the chosen sequences of the whole batch."""
+    return {"tokens": jnp.sum(jnp.asarray(batch["loss_mask"])[:, 0].astype(jnp.float32))}
+
+
+def sft_terms(module, params, batch, counts):
+    """(loss, metrics): token-mean NLL of the first (chosen) sequence of each row, over counts["tokens"]."""
     chosen = {k: (v[:, :1] if k in PAIR_KEYS else v) for k, v in batch.items()}
-    logps, counts = forward.pair_logps(module, params, chosen)
-    loss = -jnp.sum(logps) / jnp.maximum(jnp.sum(counts), 1.0)
-    return loss, {"train/loss": loss, "sft/tokens": jnp.sum(counts)}
+    logps, tokens = forward.pair_logps(module, params, chosen)
+    loss = -jnp.sum(logps) / jnp.maximum(counts["tokens"], 1.0)
+    return loss, {"train/loss": loss, "sft/tokens": jnp.sum(tokens)}
 
 
-def sft_step(state, batch, *, module, tx, mask):
-    return state_lib.minimize(lambda p, b: sft_terms(module, p, b), state, batch, tx, mask)
+def sft_step(state, batch, *, module, tx, mask, microbatches: int = 1):
+    return state_lib.minimize(lambda p, b, n: sft_terms(module, p, b, n), state, batch, tx, mask,
+                              counts_fn=sft_counts, microbatches=microbatches)
 
 
 def run(directory: str, ctx: phase.RunContext, module, params, batches, w: ml_collections.ConfigDict, *,
@@ -65,9 +71,9 @@ def run(directory: str, ctx: phase.RunContext, module, params, batches, w: ml_co
     w: an SFT block (config_lib: steps, lr, warmup_ratio, b2, grad_clip, seed, log_every).
     """
     logging.info("supervised phase: %d steps -> %s", w.steps, directory)
-    result = phase.train_params(directory, ctx, module, lambda: params, sft_step, batches, sft_optimizer(w),
-                                trainable=trainable, seed=w.seed, steps=w.steps, log_every=w.log_every,
-                                checkpoint_every=max(w.steps // 4, 1))
+    step = phase.params_step(module, sft_step, sft_optimizer(w), trainable=trainable, mesh=ctx.mesh, rules=ctx.rules)
+    result = phase.train_params(directory, ctx, step, lambda: params, batches, seed=w.seed, steps=w.steps,
+                                log_every=w.log_every, checkpoint_every=max(w.steps // 4, 1))
     return result.state.params
 
 

@@ -70,8 +70,57 @@ def grad_of_trainable(loss_fn: Callable, params, mask, *args):
     return jax.value_and_grad(fn, has_aux=True)(trainable)
 
 
-def minimize(loss_fn: Callable, state: TrainState, batch, tx: optax.GradientTransformation, mask):
-    """One step on loss_fn(params, batch) -> (loss, metrics): the new state and metrics + grad/param norms."""
-    (_, metrics), grads = grad_of_trainable(loss_fn, state.params, mask, batch)
+def split_microbatches(batch, k: int):
+    """Every leaf [B, ...] -> [k, B/k, ...]; microbatch j holds rows j, j+k, j+2k, ...
+
+    Strided rows keep every microbatch spread over the devices the batch axis is
+    sharded on (each device's contiguous block of rows splits into k parts), so the
+    split moves no data.
+    """
+    def split(x):
+        b = x.shape[0]
+        if b % k:
+            raise ValueError(f"a batch of {b} rows does not split into {k} microbatches")
+        return jnp.swapaxes(x.reshape(b // k, k, *x.shape[1:]), 0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def accumulate_grads(loss_fn: Callable, params, mask, batch, counts, microbatches: int = 1):
+    """((loss, metrics), grads) of loss_fn(params, microbatch, counts) summed over microbatches.
+
+    loss_fn must be a sum of per-example terms over the global `counts` (data-only
+    normalisers of the whole batch, e.g. its number of pairs or response tokens):
+    then the sum over microbatches of the loss, its metrics and its gradients is
+    exactly the full-batch value (up to float summation order). lax.scan runs
+    the microbatches one after the other inside the jitted step, so only one
+    microbatch's activations are alive at a time.
+    """
+    if microbatches == 1:
+        return grad_of_trainable(loss_fn, params, mask, batch, counts)
+    micro = split_microbatches(batch, microbatches)
+
+    def body(acc, m):
+        out = grad_of_trainable(loss_fn, params, mask, m, counts)
+        return jax.tree.map(jnp.add, acc, out), None
+
+    first = jax.tree.map(lambda x: x[0], micro)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                         jax.eval_shape(lambda m: grad_of_trainable(loss_fn, params, mask, m, counts), first))
+    out, _ = jax.lax.scan(body, zeros, micro)
+    return out
+
+
+def minimize(loss_fn: Callable, state: TrainState, batch, tx: optax.GradientTransformation, mask, *,
+             counts_fn: Callable | None = None, microbatches: int = 1):
+    """One step on loss_fn(params, batch, counts) -> (loss, metrics): the new state and metrics + grad/param norms.
+
+    counts_fn(batch) -> the global normalisers loss_fn divides by (None: loss_fn
+    gets counts=None and microbatches must be 1); see accumulate_grads.
+    """
+    if counts_fn is None and microbatches != 1:
+        raise ValueError("gradient accumulation needs the loss's global normalisers (counts_fn)")
+    counts = None if counts_fn is None else counts_fn(batch)
+    (_, metrics), grads = accumulate_grads(loss_fn, state.params, mask, batch, counts, microbatches)
     state, opt_metrics = apply_gradients(state, grads, tx, mask)
     return state, {**metrics, **opt_metrics}

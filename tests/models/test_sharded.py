@@ -26,10 +26,10 @@ def test_mesh_forward_matches_single_device(checkpoints, devices8):
     mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     model, sharded = hf.load_pretrained(path, mesh=mesh, rules=TRAIN_RULES)
     q = sharded["language_model"]["layers_0"]["self_attn"]["q_proj"]["kernel"]
-    assert q.sharding.spec == P("fsdp", "tensor", None)  # [embed, heads, head_dim]
-    assert q.addressable_shards[0].data.shape == (32, 2, 16)
+    assert q.sharding.spec == P(("fsdp", "sequence", "data"), "tensor", None)  # [embed, heads, head_dim]
+    assert q.addressable_shards[0].data.shape == (16, 2, 16)  # embed over fsdp x data = 4
     fc1 = sharded["vision_tower"]["encoder"]["layers_1"]["mlp"]["fc1"]["kernel"]
-    assert fc1.sharding.spec == P("fsdp", "tensor")
+    assert fc1.sharding.spec == P(("fsdp", "sequence", "data"), "tensor")
     np.testing.assert_array_equal(np.asarray(q), np.asarray(params["language_model"]["layers_0"]["self_attn"]
                                                             ["q_proj"]["kernel"]))
 

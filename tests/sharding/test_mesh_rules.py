@@ -34,9 +34,13 @@ def test_train_and_sampling_layouts(devices8):
     sample = logical_shardings(_abstract(), mesh, SAMPLING_RULES)
     q = ("layers_0", "self_attn", "q_proj", "kernel")
     get = lambda tree: tree[q[0]][q[1]][q[2]][q[3]].spec
-    assert get(train) == P("fsdp", "tensor", None)  # [embed, heads, head_dim]
+    # [embed, heads, head_dim]: parameters split over every non-head axis (ZeRO-3 over fsdp x sequence x data)
+    assert get(train) == P(("fsdp", "sequence", "data"), "tensor", None)
     assert get(sample) == P(None, "tensor", None)  # no FSDP gather in decode steps
-    assert train["embed_tokens"]["embedding"].spec == P("tensor", "fsdp")
+    assert train["embed_tokens"]["embedding"].spec == P("tensor", ("fsdp", "sequence", "data"))
+    # Each device holds 1/8 of q_proj: 4 shards over fsdp x data times 2 over tensor.
+    sh = tuple(train[q[0]][q[1]][q[2]][q[3]].shard_shape((32, 4, 8)))
+    assert sh == (8, 2, 8)
     assert rules_for("train") is TRAIN_RULES
     with pytest.raises(KeyError, match="unknown sharding layout"):
         rules_for("inference")

@@ -21,13 +21,13 @@ on generated samples kept out of training) and, for the synthetic task, greedy
 long-context and short-context answer accuracy.
 """
 
-import functools
 import logging
 
 import jax
 import ml_collections
 
-from mm_rlhf_jax.algorithms.longpo import data as longpo_data, step as step_lib
+from mm_rlhf_jax.algorithms.longpo import data as longpo_data, spec, step as step_lib
+from mm_rlhf_jax.algorithms.longpo.spec import base_architecture, module_for, policy_theta
 from mm_rlhf_jax.algorithms.longpo.evaluator import Evaluator
 from mm_rlhf_jax.data.errors import Where
 from mm_rlhf_jax.data.longpo import prompts
@@ -40,25 +40,6 @@ from mm_rlhf_jax.models import hf
 from mm_rlhf_jax.models.config import DecoderConfig
 from mm_rlhf_jax.sharding import placement
 from mm_rlhf_jax.train import model_factory, phase, sft
-from mm_rlhf_jax.train.optim import make_optimizer
-
-
-def base_architecture(config: ml_collections.ConfigDict) -> DecoderConfig:
-    """The starting model's architecture (its own RoPE theta, default attention, no remat)."""
-    cfg = model_factory.architecture(config.model)
-    if not isinstance(cfg, DecoderConfig):
-        m = config.model
-        raise ValueError(f"LongPO trains a text decoder; model {m.init_from or 'tiny'} is {type(cfg).__name__} "
-                         "(set model.tiny.multimodal=False or point init_from at a Qwen2/Llama/Mistral checkpoint)")
-    return cfg.replace(remat="none")
-
-
-def module_for(config: ml_collections.ConfigDict, base: DecoderConfig, theta: float, *, train: bool = False):
-    """Decoder with RoPE theta; train=True uses longpo.attention_impl and the model block's remat."""
-    cfg = base.replace(rope_theta=theta)
-    if train:
-        cfg = cfg.replace(attention_impl=config.longpo.attention_impl, remat=config.model.remat)
-    return hf.build_model(cfg)
 
 
 def warm_start(ctx: phase.RunContext, config: ml_collections.ConfigDict, tokenizer_path: str, module, params):
@@ -81,13 +62,6 @@ def split_heldout(samples, ref, fraction: float):
     n_held = int(round(len(samples) * fraction))
     cut = len(samples) - n_held
     return samples[:cut], ref[:cut], samples[cut:], ref[cut:]
-
-
-def policy_theta(thetas, r: int, previous: float) -> float:
-    """Round r's policy RoPE theta (longpo.policy_rope_theta; 0 = keep the previous model's)."""
-    thetas = tuple(thetas)
-    theta = thetas[min(r, len(thetas) - 1)] if thetas else 0.0
-    return float(theta) if theta else previous
 
 
 def train_round(ctx: phase.RunContext, config: ml_collections.ConfigDict, base: DecoderConfig, tokenizer_path: str,
@@ -114,11 +88,9 @@ def train_round(ctx: phase.RunContext, config: ml_collections.ConfigDict, base: 
                  len(held_s), theta, ref_theta)
     # The starting model's held-out preference accuracy on these pairs (policy == reference, ref theta).
     start = {f"start_{k}": v for k, v in evaluator.preference_accuracy(reference, params, zigzag_shards=0).items()}
-    step = functools.partial(step_lib.train_step, c=c, zigzag_shards=zigzag)
     result = phase.train_params(
-        ctx.path(f"round_{r}"), ctx, policy, lambda: params, step, data_iter, make_optimizer(config.optim, t.steps),
-        trainable=model_factory.TRAINABLE.get(config.model.trainable), seed=config.seed + 1, steps=t.steps,
-        log_every=t.log_every, checkpoint_every=t.checkpoint_every, max_to_keep=t.max_checkpoints,
+        ctx.path(f"round_{r}"), ctx, spec.train_step(config, policy, ctx.mesh, ctx.rules), lambda: params, data_iter,
+        seed=config.seed + 1, steps=t.steps, log_every=t.log_every, checkpoint_every=t.checkpoint_every, max_to_keep=t.max_checkpoints,
         eval_fn=lambda p: evaluator(policy_gen, policy, p), eval_every=t.eval_every)
     out = {**result.final, "policy_rope_theta": theta, "reference_rope_theta": ref_theta,
            "train_samples": len(train_s), "heldout_samples": len(held_s), "samples_too_long": too_long,

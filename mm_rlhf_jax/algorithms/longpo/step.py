@@ -118,8 +118,13 @@ def reference_logps(module, params, batch) -> jax.Array:
     return sums.reshape(b, s, k).sum(-1)
 
 
-def longpo_terms(module, params, batch, c: ml_collections.ConfigDict, zigzag_shards: int = 0):
-    """(loss, metrics) for one batch; c is the config's `longpo` block (beta, lam, nll_tokens, ...)."""
+def counts(batch) -> dict:
+    """The global normaliser of a batch: its samples."""
+    return {"samples": jnp.float32(batch["input_ids"].shape[0])}
+
+
+def longpo_terms(module, params, batch, c: ml_collections.ConfigDict, n: dict, zigzag_shards: int = 0):
+    """(loss, metrics) of (a microbatch of) a batch with global normalisers n; c is the `longpo` block."""
     lp = policy_logps(module, params, batch, nll_tokens=c.nll_tokens, max_response_tokens=c.max_response_tokens,
                       zigzag_shards=zigzag_shards)
     ref = batch["ref_logps"].astype(jnp.float32)
@@ -127,20 +132,22 @@ def longpo_terms(module, params, batch, c: ml_collections.ConfigDict, zigzag_sha
     losses = preference.longpo_loss(pc, pr, rc, rr, lp["nll"], beta=c.beta, lam=c.lam)
     chosen_r, rejected_r = c.beta * (pc - rc), c.beta * (pr - rr)
     pref = -jax.nn.log_sigmoid(chosen_r - rejected_r)
-    loss = jnp.mean(losses)
+    total = n["samples"]
+    share = pc.shape[0] / total
+    loss = jnp.sum(losses) / total
     metrics = {
         "train/loss": loss,
-        "longpo/nll": jnp.mean(lp["nll"]),
-        "longpo/pref_loss": jnp.mean(pref),
-        **preference.reward_metrics(chosen_r, rejected_r, pc, pr),
-        "tokens/nll": jnp.mean(lp["nll_tokens"]),
+        "longpo/nll": jnp.sum(lp["nll"]) / total,
+        "longpo/pref_loss": jnp.sum(pref) / total,
+        **{k: v * share for k, v in preference.reward_metrics(chosen_r, rejected_r, pc, pr).items()},
+        "tokens/nll": jnp.sum(lp["nll_tokens"]) / total,
     }
     return loss, metrics
 
 
-def train_step(state, batch, *, module, tx, mask, c, zigzag_shards: int = 0):
-    return state_lib.minimize(lambda params, b: longpo_terms(module, params, b, c, zigzag_shards), state, batch,
-                              tx, mask)
+def train_step(state, batch, *, module, tx, mask, c, zigzag_shards: int = 0, microbatches: int = 1):
+    return state_lib.minimize(lambda params, b, n: longpo_terms(module, params, b, c, n, zigzag_shards), state,
+                              batch, tx, mask, counts_fn=counts, microbatches=microbatches)
 
 
 def pair_logps_step(params, batch, *, module, c, zigzag_shards: int = 0):

@@ -23,7 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mm_rlhf_jax.algorithms.mm_dpo import step as step_lib
+from mm_rlhf_jax.algorithms.mm_dpo import spec, step as step_lib
 from mm_rlhf_jax.data import pipeline
 from mm_rlhf_jax.data.example import ExampleEncoder
 from mm_rlhf_jax.data.prompts import encode_prompt
@@ -36,7 +36,6 @@ from mm_rlhf_jax.models import hf
 from mm_rlhf_jax.rollout.generate import Generator
 from mm_rlhf_jax.sharding import SAMPLING_RULES, placement
 from mm_rlhf_jax.train import model_factory, pair_data, phase, reference_cache, sft
-from mm_rlhf_jax.train.optim import make_optimizer
 
 
 class WithReference:
@@ -156,12 +155,10 @@ def run(config: ml_collections.ConfigDict, workdir: str):
         eval_fn = make_eval_fn(module, files, heldout_src, encoder_cfg, cache, config, mesh)
         t = config.train
         result = phase.train_params(
-            workdir, ctx, module, lambda: params, functools.partial(step_lib.train_step, c=config.dpo), data_iter,
-            make_optimizer(config.optim, t.steps), trainable=model_factory.TRAINABLE.get(config.model.trainable),
+            workdir, ctx, spec.train_step(config, module, mesh, ctx.rules), lambda: params, data_iter,
             seed=config.seed + 1, steps=t.steps, log_every=t.log_every, checkpoint_every=t.checkpoint_every,
-            max_to_keep=t.max_checkpoints, eval_fn=eval_fn, eval_every=t.eval_every,
-            initial_eval="initial_eval.json", writer=ctx.writer)
-        del params
+            max_to_keep=t.max_checkpoints, eval_fn=eval_fn, eval_every=t.eval_every, initial_eval="initial_eval.json",
+            writer=ctx.writer)
         drop = lambda m: {k: v for k, v in m.items() if k != "greedy_examples"}
         out = {**drop(result.final), **{f"initial_{k}": v for k, v in drop(result.initial).items()},
                "steps": t.steps}

@@ -117,13 +117,21 @@ def experience_step(actor_params, ref_params, critic_params, prompts, rollout, s
     return exp, metrics
 
 
-def actor_loss(module, params, mb, c):
-    """(loss, metrics): token-mean clipped policy loss + KL loss - entropy bonus over the minibatch."""
+def counts(mb) -> dict:
+    """The global normaliser of a minibatch: its response tokens."""
+    return {"tokens": jnp.sum(mb["response_mask"])}
+
+
+def actor_loss(module, params, mb, c, counts_: dict | None = None):
+    """(loss, metrics): token-mean clipped policy loss + KL loss - entropy bonus over the minibatch.
+
+    counts_: the whole minibatch's normalisers when mb is one of its microbatches (default: mb's own).
+    """
     m = mb["response_mask"]
     logp, ent = token_logprobs(module, params, mb, temperature=c.temperature, entropy=True)
     terms = POLICY_LOSSES.get(c.policy_loss)(logp, mb["old_logp"], mb["advantages"], m, clip_eps=c.clip_eps,
                                               clip_eps_high=c.clip_eps_high or None)
-    n = jnp.maximum(terms.count, 1.0)
+    n = jnp.maximum((counts_ or counts(mb))["tokens"], 1.0)
     _, kl_loss_coef = kl_placement(c)
     kl_sum = jnp.sum(kl_estimate(logp, mb["ref_logp"], c.kl_estimator) * m)
     ent_sum, _ = entropy_bonus(ent, m)
@@ -134,27 +142,32 @@ def actor_loss(module, params, mb, c):
                   "ppo/actor_loss": loss}
 
 
-def critic_loss(module, params, mb, c):
-    """(loss, metrics): vf_coef * token-mean clipped value loss."""
+def critic_loss(module, params, mb, c, counts_: dict | None = None):
+    """(loss, metrics): vf_coef * token-mean clipped value loss (normalisers as actor_loss)."""
     v = token_values(module, params, mb)
-    total, count = value_loss(v, mb["old_values"], mb["returns"], mb["response_mask"],
-                              clip_eps=c.value_clip or None)
-    vl = total / jnp.maximum(count, 1.0)
+    total, _ = value_loss(v, mb["old_values"], mb["returns"], mb["response_mask"], clip_eps=c.value_clip or None)
+    vl = total / jnp.maximum((counts_ or counts(mb))["tokens"], 1.0)
     return c.vf_coef * vl, {"ppo/value_loss": vl}
 
 
 def update_step(state: RLState, experience: dict, idx, *, actor_module, critic_module, actor_tx, critic_tx,
-                actor_mask, critic_mask, c):
-    """One minibatch (rows `idx` int32[mb] of the experience) update of actor and critic."""
+                actor_mask, critic_mask, c, microbatches: int = 1):
+    """One minibatch (rows `idx` int32[mb] of the experience) update of actor and critic.
+
+    microbatches > 1 accumulates each gradient over that many microbatches of the
+    minibatch (state.accumulate_grads), with the minibatch's token count as normaliser.
+    """
     mb = jax.tree.map(lambda x: x[idx], experience)
-    (a_loss, metrics), grads = state_lib.grad_of_trainable(
-        lambda p, b: actor_loss(actor_module, p, b, c), state.actor.params, actor_mask, mb)
+    n = counts(mb)
+    (a_loss, metrics), grads = state_lib.accumulate_grads(
+        lambda p, b, k: actor_loss(actor_module, p, b, c, k), state.actor.params, actor_mask, mb, n, microbatches)
     actor, opt = state_lib.apply_gradients(state.actor, grads, actor_tx, actor_mask)
     metrics = {**metrics, "ppo/actor_grad_norm": opt["train/grad_norm"]}
     critic, total = state.critic, a_loss
     if critic_module is not None:
-        (c_loss, cm), cgrads = state_lib.grad_of_trainable(
-            lambda p, b: critic_loss(critic_module, p, b, c), state.critic.params, critic_mask, mb)
+        (c_loss, cm), cgrads = state_lib.accumulate_grads(
+            lambda p, b, k: critic_loss(critic_module, p, b, c, k), state.critic.params, critic_mask, mb, n,
+            microbatches)
         critic, copt = state_lib.apply_gradients(state.critic, cgrads, critic_tx, critic_mask)
         metrics = {**metrics, **cm, "ppo/critic_grad_norm": copt["train/grad_norm"]}
         total = total + c_loss

@@ -17,7 +17,6 @@ seeded by (seed, step), so a resumed run repeats an uninterrupted one.
 import dataclasses
 import functools
 import json
-import os
 import time
 from typing import Callable, Sequence
 
@@ -188,7 +187,7 @@ class RLTrainer:
 
     def __init__(self, p: ml_collections.ConfigDict, roles: Roles, tokenizer, ref_params,
                  env: Callable[[list, list], RewardBatch], *, seed: int, log_every: int,
-                 sample_log: str | None = None):
+                 sample_log: str | None = None, microbatches: int = 1):
         self.p, self.roles, self.mesh, self.tokenizer, self.env = p, roles, roles.mesh, tokenizer, env
         self.ref_params, self.seed, self.log_every, self.sample_log = ref_params, seed, log_every, sample_log
         self.n = p.prompts_per_step * p.samples_per_prompt
@@ -213,7 +212,7 @@ class RLTrainer:
             functools.partial(step_lib.update_step, actor_module=actor.module,
                               critic_module=None if critic is None else critic.module, actor_tx=actor.tx,
                               critic_tx=None if critic is None else critic.tx, actor_mask=actor.mask,
-                              critic_mask=None if critic is None else critic.mask, c=p),
+                              critic_mask=None if critic is None else critic.mask, c=p, microbatches=microbatches),
             out_shardings=(roles.shardings, repl), donate_argnames=("state",))
 
     def _experience_jit(self, *args):
@@ -294,7 +293,7 @@ def train_cycles(ctx: phase.RunContext, config: ml_collections.ConfigDict, roles
     """
     t = config.train
     trainer = RLTrainer(config.ppo, roles, tokenizer, params0, env, seed=config.seed, log_every=t.log_every,
-                        sample_log=ctx.path("samples.jsonl"))
+                        sample_log=ctx.path("samples.jsonl"), microbatches=t.microbatches)
     return phase.run_phase(
         ctx.workdir, ctx, state_fn=lambda: init_rl_state(roles, params0, config.seed),
         abstract_state=abstract_rl_state(roles, config.seed), step_fn=trainer.cycle, data_iter=sampler,

@@ -12,12 +12,11 @@ ACC / ACC+ overall and per category with generated critiques (real inference),
 and with the ground-truth critiques (the teacher-forced upper bound).
 """
 
-import functools
-
 import jax
 import ml_collections
 
-from mm_rlhf_jax.algorithms.reward_model import step as step_lib
+from mm_rlhf_jax.algorithms.reward_model import spec
+from mm_rlhf_jax.algorithms.reward_model.spec import MODES, build_module
 from mm_rlhf_jax.algorithms.reward_model.inference import RewardModelInference
 from mm_rlhf_jax.algorithms.reward_model.score import score_file
 from mm_rlhf_jax.data import pipeline
@@ -26,21 +25,9 @@ from mm_rlhf_jax.data.tokenizer import cached_tokenizer
 from mm_rlhf_jax.evals.preference import accuracy_by, pair_groups
 from mm_rlhf_jax.evals.rewardbench import rewardbench_metrics
 from mm_rlhf_jax.models import hf
-from mm_rlhf_jax.models.heads import ModelWithHeads, RewardHead
+from mm_rlhf_jax.models.heads import ModelWithHeads
 from mm_rlhf_jax.sharding import SAMPLING_RULES, placement
 from mm_rlhf_jax.train import model_factory, pair_data, phase, sft
-from mm_rlhf_jax.train.optim import make_optimizer
-
-MODES = {"critique": "reward", "scalar": "reward_scalar"}  # reward.mode -> encoder kind
-
-
-def build_module(config):
-    trunk, identity = model_factory.build(config.model, config.seed)
-    text = getattr(trunk.config, "text", trunk.config)
-    head = RewardHead(text.hidden_size, dropout_rate=config.reward.head_dropout, dtype=text.dtype,
-                      param_dtype=text.param_dtype, initializer_range=text.initializer_range)
-    return ModelWithHeads(trunk=trunk, reward_head=head), identity
-
 
 def initial_params(config, module: ModelWithHeads, mesh, rules, *, warm_start_fn=None):
     """Trunk from model.init_from (or seeded random init) plus a freshly initialised reward head.
@@ -110,9 +97,8 @@ def run(config: ml_collections.ConfigDict, workdir: str):
                                          batch_size=d.eval_batch_size,
                                          param_shardings=hf.param_shardings(module, mesh, SAMPLING_RULES))
         result = phase.train_params(
-            workdir, ctx, module, lambda: initial_params(config, module, mesh, ctx.rules, warm_start_fn=warm),
-            functools.partial(step_lib.train_step, c=config.reward, critique=critique), data_iter,
-            make_optimizer(config.optim, t.steps), trainable=model_factory.TRAINABLE.get(config.model.trainable),
+            workdir, ctx, spec.train_step(config, module, mesh, ctx.rules),
+            lambda: initial_params(config, module, mesh, ctx.rules, warm_start_fn=warm), data_iter,
             seed=config.seed + 1, steps=t.steps, log_every=t.log_every, checkpoint_every=t.checkpoint_every,
             max_to_keep=t.max_checkpoints, eval_fn=make_eval_fn(inference, files, critique),
             eval_every=t.eval_every, writer=ctx.writer)

@@ -14,6 +14,8 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+
+from tests.train.pair_reference import assert_same_update
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mm_rlhf_jax.data.longpo import prompts
@@ -144,7 +146,8 @@ def test_step_loss_is_longpo_loss_of_its_own_logps(tok, records, params):
     batch = _batch(tok, records)
     batch["ref_logps"] = np.asarray(jax.jit(functools.partial(longpo_step.reference_logps, hf.build_model(CFG)))(
         params, batch))
-    loss, metrics = jax.jit(functools.partial(longpo_step.longpo_terms, model, c=C))(params, batch)
+    loss, metrics = jax.jit(lambda p, b: longpo_step.longpo_terms(model, p, b, C, longpo_step.counts(b)))(params,
+                                                                                                         batch)
     ind = np.asarray([_independent(tok, model, params, r) for r in records])
     want = longpo_loss(ind[:, 0], ind[:, 1], batch["ref_logps"][:, 0], batch["ref_logps"][:, 1], ind[:, 2],
                        beta=C.beta, lam=C.lam)
@@ -186,3 +189,22 @@ def test_sequence_parallel_train_step_equals_single_device(devices8, tok, record
     np.testing.assert_allclose(m1["train/grad_norm"], m0["train/grad_norm"], rtol=1e-4)
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p0)):
         np.testing.assert_allclose(a, b, atol=2e-6)
+
+
+def test_accumulated_step_equals_the_full_batch_step(tok, records, params):
+    """2 microbatches of 2 samples == the full batch of 4: loss, metrics and the SGD update."""
+    batch = _batch(tok, records)
+    batch["ref_logps"] = np.asarray([[-20.0, -25.0], [-21.0, -19.0], [-30.0, -31.0], [-12.0, -13.0]], np.float32)
+    module = hf.build_model(CFG.replace(rope_theta=1e6))
+    tx = optax.sgd(0.1)
+    mask = jax.tree.map(lambda _: True, params)
+    out = {}
+    for k in (1, 2):
+        state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                                     rng=jax.random.PRNGKey(0))
+        step = jax.jit(functools.partial(longpo_step.train_step, module=module, tx=tx, mask=mask, c=C, microbatches=k))
+        out[k] = jax.device_get(step(state, batch))
+    (s1, m1), (s2, m2) = out[1], out[2]
+    for key in m1:
+        np.testing.assert_allclose(m2[key], m1[key], rtol=2e-5, atol=1e-6, err_msg=key)
+    assert_same_update(jax.device_get(params), s2.params, s1.params)

@@ -1,7 +1,6 @@
 """Prompt-pool records and the bundled synthetic reasoning tasks (PPO / Align-Pro data)."""
 
 import json
-import os
 
 import pytest
 

@@ -14,6 +14,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+from tests.train.pair_reference import assert_same_update
+
 from mm_rlhf_jax.losses.kl import kl_estimate
 from mm_rlhf_jax.losses.ppo import clipped_policy_loss, kl_shaped_rewards, value_loss
 from mm_rlhf_jax.models.config import DecoderConfig
@@ -157,7 +159,7 @@ def test_gae_experience_equals_the_loss_functions_on_its_own_numbers(models, gae
     np.testing.assert_allclose(metrics["rollout/kl"], float(jnp.sum(kl) / jnp.sum(m)), rtol=1e-5)
 
 
-def make_state(models, c, with_critic=True, lr=1e-3):
+def make_state(models, c, with_critic=True, lr=1e-3, microbatches=1):
     actor, params, _, critic, cparams = models
     tx = make_optimizer(optim_block(name="adam", lr=lr, warmup_ratio=0.0, schedule="constant", grad_clip=0.0), 10)
     amask = partition.trainable_mask(params)
@@ -168,7 +170,7 @@ def make_state(models, c, with_critic=True, lr=1e-3):
                              critic=st(cparams, cmask) if with_critic else None, rng=jax.random.PRNGKey(0))
     update = jax.jit(functools.partial(ppo_step.update_step, actor_module=actor,
                                        critic_module=critic if with_critic else None, actor_tx=tx, critic_tx=tx,
-                                       actor_mask=amask, critic_mask=cmask, c=c))
+                                       actor_mask=amask, critic_mask=cmask, c=c, microbatches=microbatches))
     return state, update
 
 
@@ -251,3 +253,18 @@ def test_kl_placement_and_config_errors():
     assert ppo_step.kl_placement(ml_collections.ConfigDict(dict(kl_mode="none", kl_coef=0.2))) == (0.0, 0.0)
     with pytest.raises(ValueError, match="unknown kl_mode"):
         ppo_step.kl_placement(ml_collections.ConfigDict(dict(kl_mode="both", kl_coef=0.2)))
+
+
+def test_accumulated_update_equals_the_full_minibatch_update(models, gae_experience):
+    """A minibatch of 4 rows in 2 microbatches == the minibatch at once: losses, grad norms, new params."""
+    exp = gae_experience[3]
+    idx = jnp.arange(0, len(PROMPTS) * G, 2, dtype=jnp.int32)
+    out = []
+    for k in (1, 2):
+        state, update = make_state(models, cfg(), True, lr=3e-2, microbatches=k)
+        out.append(jax.device_get(update(state, exp, idx)))
+    (s1, m1), (s2, m2) = out
+    for key in m1:
+        np.testing.assert_allclose(m2[key], m1[key], rtol=2e-5, atol=1e-6, err_msg=key)
+    old = jax.device_get((models[1], models[4]))
+    assert_same_update(old, (s2.actor.params, s2.critic.params), (s1.actor.params, s1.critic.params), rtol=1e-4)

@@ -15,6 +15,8 @@ import numpy as np
 import optax
 import pytest
 
+from tests.train.pair_reference import assert_same_update
+
 from mm_rlhf_jax.models.config import DecoderConfig
 from mm_rlhf_jax.models.decoder import Decoder
 from mm_rlhf_jax.models.heads import ModelWithHeads, RewardHead
@@ -166,3 +168,21 @@ def test_scalar_mode_has_no_critique_term(model, batch, reference):
                                   np.asarray(params["trunk"]["lm_head"]["kernel"]))
     assert not np.array_equal(np.asarray(new["trunk"]["embed_tokens"]["embedding"]),
                               np.asarray(params["trunk"]["embed_tokens"]["embedding"]))
+
+
+def test_accumulated_step_equals_the_full_batch_step(model, batch):
+    """2 microbatches (the tie and the critique-less pair land in different ones) == the full batch."""
+    module, params = model
+    mask = jax.tree.map(lambda _: True, params)
+    tx = optax.sgd(LR)
+    out = {}
+    for k in (1, 2):
+        state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                                     rng=jax.random.PRNGKey(0))
+        step = jax.jit(lambda s, b, k=k: rm_step.train_step(s, b, module=module, tx=tx, mask=mask, c=reward_block(),
+                                                            critique=True, microbatches=k))
+        out[k] = jax.device_get(step(state, batch))
+    (s1, m1), (s2, m2) = out[1], out[2]
+    for key in m1:
+        np.testing.assert_allclose(m2[key], m1[key], rtol=2e-5, atol=1e-6, err_msg=key)
+    assert_same_update(jax.device_get(params), s2.params, s1.params)
