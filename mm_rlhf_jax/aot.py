@@ -89,6 +89,17 @@ def compile_train_step(config, topology: str):
     return compile_step(config, topology, "train")[0]
 
 
+_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _oom_bytes(message: str) -> float | None:
+    """The bytes an out-of-memory compile error says it needed ("... temporaries (2.23T) exceeds ...")."""
+    import re
+
+    m = re.search(r"RESOURCE_EXHAUSTED.*?\(([\d.]+)([KMGT])\) exceeds", message)
+    return float(m.group(1)) * _UNITS[m.group(2)] if m else None
+
+
 def _tokens(args) -> int:
     """Tokens of one step: the input_ids of the batch argument (the last argument holding them)."""
     for arg in reversed(args):
@@ -111,10 +122,19 @@ def report(config, topology: str, step: str = "train") -> dict:
     gen = generation(devices[0].device_kind)
     chip = CHIPS[gen]
     t0 = time.time()
-    compiled, args = compile_step(config, topology, step)
+    gib = lambda b: round(float(b) / 2**30, 3)
+    try:
+        compiled, args = compile_step(config, topology, step)
+    except Exception as e:  # XLA refuses a program that cannot fit: report how much it asked for
+        needed = _oom_bytes(str(e))
+        if needed is None:
+            raise
+        return {"config": config.algorithm, "topology": topology, "step": step, "chips": len(devices),
+                "chip": devices[0].device_kind, "hbm_per_chip_gib": chip.hbm_gib, "fits": False,
+                "per_chip_gib": {"temporaries_needed": gib(needed)}, "error": str(e).splitlines()[0][:300],
+                "compile_s": round(time.time() - t0, 1)}
     compile_s = time.time() - t0
     mem = compiled.memory_analysis()
-    gib = lambda b: round(float(b) / 2**30, 3)
     total = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
              + mem.temp_size_in_bytes)
     cost = compiled.cost_analysis()

@@ -175,6 +175,33 @@ def abstract_rl_state(roles: Roles, seed: int):
     return checkpoint.abstract_like(abstract, roles.shardings)
 
 
+# ------------------------------------------------------------------------------------------- jit phases
+
+
+def update_jit(p, roles: Roles, microbatches: int = 1):
+    """update_step(state, experience, idx) jitted with the RL state donated."""
+    a, c = roles.actor, roles.critic
+    return jax.jit(
+        functools.partial(step_lib.update_step, actor_module=a.module, critic_module=None if c is None else c.module,
+                          actor_tx=a.tx, critic_tx=None if c is None else c.tx, actor_mask=a.mask,
+                          critic_mask=None if c is None else c.mask, c=p, microbatches=microbatches),
+        out_shardings=(roles.shardings, replicated(roles.mesh)), donate_argnames=("state",))
+
+
+def experience_fn(p, roles: Roles):
+    """experience_step over (actor params, reference params, critic params, prompts, rollout, scores)."""
+    return functools.partial(step_lib.experience_step, actor_module=roles.actor.module,
+                             critic_module=None if roles.critic is None else roles.critic.module, c=p)
+
+
+def experience_jit(fn, mesh, *args):
+    """fn jitted with every output row-sharded and metrics replicated (structure from an abstract call)."""
+    exp, metrics = jax.eval_shape(fn, *args)
+    rows = lambda x: placement.row_sharding(mesh, x.ndim)
+    return jax.jit(fn, out_shardings=(jax.tree.map(rows, exp), jax.tree.map(lambda _: replicated(mesh), metrics)))
+
+
+
 # ---------------------------------------------------------------------------------------------- trainer
 
 
@@ -198,31 +225,19 @@ class RLTrainer:
             raise ValueError(f"advantage={p.advantage!r} compares samples of a prompt: set samples_per_prompt >= 2")
         placement.check_rows(self.n, self.mesh, "rollout batch (prompts_per_step x samples_per_prompt)")
         placement.check_rows(self.n // p.num_minibatches, self.mesh, "minibatch")
-        actor, critic = roles.actor, roles.critic
+        actor = roles.actor
         self.generator = Generator(actor.module, tokenizer, self.mesh, max_new_tokens=p.max_new_tokens,
                                    batch_size=self.n, sampling=sampling_config(p), prompt_length=p.max_prompt_length,
                                    param_shardings=hf.param_shardings(actor.module, self.mesh, SAMPLING_RULES))
         self.stop_ids = self.generator.stop_ids
-        rows = lambda x: placement.row_sharding(self.mesh, x.ndim)
-        repl = replicated(self.mesh)
-        experience = functools.partial(step_lib.experience_step, actor_module=actor.module,
-                                       critic_module=None if critic is None else critic.module, c=p)
-        self._experience_fn, self._rows, self._repl = experience, rows, repl
-        self._update = jax.jit(
-            functools.partial(step_lib.update_step, actor_module=actor.module,
-                              critic_module=None if critic is None else critic.module, actor_tx=actor.tx,
-                              critic_tx=None if critic is None else critic.tx, actor_mask=actor.mask,
-                              critic_mask=None if critic is None else critic.mask, c=p, microbatches=microbatches),
-            out_shardings=(roles.shardings, repl), donate_argnames=("state",))
+        self._experience_fn, self._experience = experience_fn(p, roles), None
+        self._update = update_jit(p, roles, microbatches)
 
     def _experience_jit(self, *args):
-        """experience_step jitted with every output row-sharded (structure from an abstract evaluation)."""
-        if not hasattr(self, "_experience_compiled"):
-            exp, metrics = jax.eval_shape(self._experience_fn, *args)
-            self._experience_compiled = jax.jit(
-                self._experience_fn, out_shardings=(jax.tree.map(self._rows, exp), jax.tree.map(lambda _: self._repl,
-                                                                                                metrics)))
-        return self._experience_compiled(*args)
+        """experience_step jitted with every output row-sharded (built on first use, as spec builds it)."""
+        if self._experience is None:
+            self._experience = experience_jit(self._experience_fn, self.mesh, *args)
+        return self._experience(*args)
 
     def rollout(self, state, batch) -> tuple[dict, object, list, list[str]]:
         """(device prompts, device samples, repeated records, decoded texts) for a prompt batch."""

@@ -1,0 +1,33 @@
+"""aot: a tiny preset's train step compiles for a TPU topology on this CPU host (libtpu), with a sane report."""
+
+import importlib.util
+
+import pytest
+
+from mm_rlhf_jax import aot, config_lib
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                                reason="libtpu is not installed (pip install -e \".[tpu]\")")
+
+
+def test_tiny_longpo_train_step_compiles_for_v5e():
+    c = config_lib.preset("longpo", "tiny")
+    c.train.microbatches = 2
+    compiled = aot.compile_train_step(c, "v5e:2x2")
+    mem = compiled.memory_analysis()
+    assert mem.temp_size_in_bytes > 0 and mem.argument_size_in_bytes > 0
+    # The state is donated: the new state aliases the old one.
+    assert mem.alias_size_in_bytes > 0
+
+
+def test_report_and_out_of_memory_reading():
+    c = config_lib.preset("ppo", "tiny")
+    r = aot.report(c, "v5e:2x2", "train")
+    assert r["chips"] == 4 and r["chip"].startswith("TPU v5") and r["fits"]
+    assert 0 < r["per_chip_gib"]["total"] < r["hbm_per_chip_gib"] and r["parameters"] > 0
+    assert r["flops_per_chip"] > 0 and r["estimated_step_s"] > 0
+    msg = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (2.23T) "
+           "exceeds available HBM (95.74G).")
+    assert aot._oom_bytes(msg) == pytest.approx(2.23 * 2**40)
+    assert aot.generation("TPU v5 lite") == "v5e" and aot.generation("TPU v5p") == "v5p"
+    assert aot.generation("TPU v6 lite") == "v6e" and aot.generation("TPU v4") == "v4"
