@@ -58,5 +58,11 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["mm_rlhf_jax", "mm_rlhf_jax.*"]),
     package_data={"mm_rlhf_jax": ["models/known/*.json"]},
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES, "math_verify": MATH_VERIFY_REQUIRES},
+    extras_require={
+        "test": TEST_REQUIRES,
+        "math_verify": MATH_VERIFY_REQUIRES,
+        # libtpu for ahead-of-time compiles (`python -m mm_rlhf_jax.aot`) on any host, and for TPU VMs:
+        # jax[tpu] pins the libtpu that matches the installed jax.
+        "tpu": ["jax[tpu]>=0.8.0,<0.14"],
+    },
 )
