@@ -97,7 +97,7 @@ def test_default_temperature_and_auto_impl():
     assert_close(token_logprobs(hidden, w, labels), ref, F32, "auto")
     assert_close(token_logprobs(hidden, w, labels, temperature=1.0, impl="xla"), ref, F32, "temperature 1")
     assert resolve_impl("auto", "cpu") == "xla" and resolve_impl("auto", "tpu") == "pallas_tpu"
-    assert resolve_impl("auto", "gpu") == "pallas_gpu" and resolve_impl("pallas", "cpu") == "pallas_tpu"
+    assert resolve_impl("auto", "gpu") == "xla" and resolve_impl("pallas", "cpu") == "pallas_tpu"
 
 
 def test_tpu_interpret_mode_uninitialised_scratch():
