@@ -13,18 +13,18 @@ generation, not the CPU choices. The target is, in order of precedence:
      compile inside `jax.set_mesh(topologies.make_mesh(...))` needs nothing else;
   3. the default backend (`jax.default_backend()`, `jax.devices()[0].device_kind`).
 
-The choice happens when a function is traced. jax's trace cache knows about the
-mesh (2) but not about the context (1): trace (jit, lower) inside the context, and
-use a fresh `jax.jit(...)` object per target when one Python function is lowered
-for several targets in one process.
+The choice happens when a function is traced, and the target is part of jax's
+trace-cache key (the context sets a jax config state that is included in the trace
+context, like the mesh), so one jitted function lowered for several targets in one
+process is traced once per target.
 """
 
 import contextlib
-import contextvars
 import dataclasses
 from collections.abc import Mapping
 
 import jax
+from jax._src import config as jax_config  # a trace-context state; no public API offers one
 
 from mm_rlhf_jax.kernels import chips
 
@@ -46,7 +46,19 @@ class Target:
         return chips.generation_of(self.device_kind) if self.platform == "tpu" else None
 
 
-_STACK: contextvars.ContextVar[tuple[Target, ...]] = contextvars.ContextVar("mm_rlhf_kernels_target", default=())
+def _encode(target: Target) -> str:
+    return f"{target.platform}|{target.device_kind or ''}"
+
+
+def _decode(value: str) -> Target:
+    platform, kind = value.split("|", 1)
+    return Target(platform, kind or None)
+
+
+# Thread-local and part of the trace context: jit re-traces when it changes.
+_TARGET_STATE = jax_config.optional_string_state(
+    "mm_rlhf_jax_kernels_target", None, "Target platform of mm_rlhf_jax kernels (set by target_platform).",
+    include_in_trace_context=True)
 
 
 def _normalise_platform(platform: str) -> str:
@@ -87,11 +99,8 @@ def target_platform(platform: str | None = None, *, device_kind: str | None = No
         if device_kind is not None:
             raise ValueError("kernels.target_platform: device_kind goes with platform, not devices / mesh")
         target = _from_devices(mesh.devices.flat if mesh is not None else devices)
-    token = _STACK.set(_STACK.get() + (target,))
-    try:
+    with _TARGET_STATE(_encode(target)):
         yield target
-    finally:
-        _STACK.reset(token)
 
 
 def _mesh_target() -> Target | None:
@@ -104,9 +113,8 @@ def _mesh_target() -> Target | None:
 
 def current_target() -> Target:
     """The target of kernel calls traced now (see the module docstring for the order)."""
-    stack = _STACK.get()
-    if stack:
-        return stack[-1]
+    if _TARGET_STATE.value is not None:
+        return _decode(_TARGET_STATE.value)
     target = _mesh_target()
     if target is not None:
         return target

@@ -69,6 +69,18 @@ def resolve_impl(impl: str, backend: str | None = None, score_bytes: int | None 
     return dispatch.resolve_impl("attention", impl, IMPLS, auto=AUTO, pallas=PALLAS, target=target)
 
 
+def select_impl(impl: str, q, k, *, target: dispatch.Target, segment_ids=None, branch_ids=None, q_offset=0,
+                logit_soft_cap=None) -> str:
+    """The impl one `attention` call runs: `resolve_impl`, refined by the call's shapes
+    (CPU short path) and mask (GPU: cuDNN only where it expresses the mask)."""
+    score_bytes = 4 * q.shape[0] * q.shape[2] * q.shape[1] * k.shape[1]
+    name = resolve_impl(impl, target.platform, score_bytes=score_bytes)
+    if impl == "auto" and name == "cudnn" and not cudnn.supports(
+            q, k, segment_ids=segment_ids, branch_ids=branch_ids, q_offset=q_offset, logit_soft_cap=logit_soft_cap):
+        return "pallas_gpu"  # the mask needs what only the Triton kernel expresses
+    return name
+
+
 def _inner_kernel(inner: str, blocks):
     """Per-shard kernel of the context-parallel impls: (fn, tiles, interpret)."""
     target = dispatch.current_target()
@@ -133,11 +145,8 @@ def attention(
       [B, T, Hq, D] in q.dtype. Query rows that see no key are zeros.
     """
     target = dispatch.current_target()
-    auto = impl == "auto"
-    impl = resolve_impl(impl, target.platform, score_bytes=4 * q.shape[0] * q.shape[2] * q.shape[1] * k.shape[1])
-    if auto and impl == "cudnn" and not cudnn.supports(q, k, segment_ids=segment_ids, branch_ids=branch_ids,
-                                              q_offset=q_offset, logit_soft_cap=logit_soft_cap):
-        impl = "pallas_gpu"  # the mask needs what only the Triton kernel expresses
+    impl = select_impl(impl, q, k, target=target, segment_ids=segment_ids, branch_ids=branch_ids,
+                       q_offset=q_offset, logit_soft_cap=logit_soft_cap)
     if impl == "reference":
         return reference.mha_reference(
             q, k, v, segment_ids=segment_ids, kv_segment_ids=kv_segment_ids, branch_ids=branch_ids,

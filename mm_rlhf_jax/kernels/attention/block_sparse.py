@@ -9,13 +9,15 @@ gets a kind:
          segments or branches that cannot meet, or outside the causal / window
          range. The kernel skips it and fetches nothing for it;
   FULL   every query sees every key: one nonzero segment on both sides, no
-         padding, fully inside the causal / window range, and keys all prompt
-         (branch 0) or both sides one branch. The kernel skips the mask;
+         padding, fully inside the causal / window range, and every key prompt
+         (branch 0) or of the queries' one branch. The kernel skips the mask;
   PARTIAL anything else: computed with the element mask (`common.tile_mask`).
 
 The tests are conservative: EMPTY and FULL are only claimed when they hold for
 every element (per-tile min / max of the ids), so a PARTIAL tile is always
-correct. Together with the kind, each entry holds the index of the tile to fetch
+correct. Each rule alone is exact for packed rows (sorted segments); a tile that is
+empty only through a combination (e.g. branch-2 queries of segment 1 and segment 2
+against branch-1 keys of segment 1) is computed as PARTIAL. Together with the kind, each entry holds the index of the tile to fetch
 at that grid step: the tile itself, or for an EMPTY step the next non-empty tile
 of the row (else the previous one), so skipped steps issue no DMA and the next
 needed tile is prefetched. Packed as `tile * 4 + kind` in one flat int32 array,
@@ -35,24 +37,27 @@ MAX_ENTRIES = 128 * 1024
 
 def _tile_stats(seg, br, block: int):
     """Per tile of `block` tokens, over its non-padding tokens: (seg min, seg max,
-    all tokens valid, branch min, branch max), each [B, n_tiles]."""
+    all tokens valid, branch min, branch max, min / max of the nonzero branches),
+    each [B, n_tiles] (min BIG / max -1 when there is no such token)."""
     b, n = seg.shape
     seg = seg.reshape(b, n // block, block)
     valid = seg != 0
-    stats = [jnp.min(jnp.where(valid, seg, _BIG), -1), jnp.max(jnp.where(valid, seg, -1), -1),
-             jnp.all(valid, -1)]
+    lo = lambda keep, x: jnp.min(jnp.where(keep, x, _BIG), -1)
+    hi = lambda keep, x: jnp.max(jnp.where(keep, x, -1), -1)
+    stats = [lo(valid, seg), hi(valid, seg), jnp.all(valid, -1)]
     if br is None:
-        return stats + [None, None]
+        return stats + [None] * 4
     br = br.reshape(b, n // block, block)
-    return stats + [jnp.min(jnp.where(valid, br, _BIG), -1), jnp.max(jnp.where(valid, br, -1), -1)]
+    branch = valid & (br != 0)
+    return stats + [lo(valid, br), hi(valid, br), lo(branch, br), hi(branch, br)]
 
 
 def tile_kinds(q_seg, kv_seg, q_br, kv_br, q_offset, spec: MaskSpec, bq: int, bk: int):
     """int32[B, nq, nk] of EMPTY / PARTIAL / FULL for padded ids (T % bq == S % bk == 0)."""
-    qs_min, qs_max, q_all, qb_min, qb_max = (x if x is None else x[:, :, None]
-                                             for x in _tile_stats(q_seg, q_br, bq))
-    ks_min, ks_max, k_all, kb_min, kb_max = (x if x is None else x[:, None, :]
-                                             for x in _tile_stats(kv_seg, kv_br, bk))
+    qs_min, qs_max, q_all, qb_min, qb_max, _, _ = (x if x is None else x[:, :, None]
+                                                   for x in _tile_stats(q_seg, q_br, bq))
+    ks_min, ks_max, k_all, kb_min, kb_max, kbr_min, kbr_max = (x if x is None else x[:, None, :]
+                                                               for x in _tile_stats(kv_seg, kv_br, bk))
     nq, nk = q_seg.shape[1] // bq, kv_seg.shape[1] // bk
     empty = (qs_max < ks_min) | (ks_max < qs_min)  # also every all-padding tile (min BIG, max -1)
     full = q_all & k_all & (qs_min == qs_max) & (ks_min == ks_max) & (qs_min == ks_min)
@@ -69,7 +74,9 @@ def tile_kinds(q_seg, kv_seg, q_br, kv_br, q_offset, spec: MaskSpec, bq: int, bk
     if spec.has_branches:
         no_prompt_key = kb_min > 0
         empty = empty | (no_prompt_key & ((qb_max < kb_min) | (kb_max < qb_min)))
-        full = full & ((kb_max == 0) | ((qb_min == qb_max) & (kb_min == kb_max) & (qb_min == kb_min)))
+        # Every key is prompt or of the queries' single branch b (b = 0: prompt only).
+        one_branch = qb_min == qb_max
+        full = full & ((kbr_max < 0) | (one_branch & (kbr_min == kbr_max) & (kbr_min == qb_min)))
     return jnp.where(empty, EMPTY, jnp.where(full, FULL, PARTIAL)).astype(jnp.int32)
 
 

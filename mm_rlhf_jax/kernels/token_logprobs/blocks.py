@@ -13,10 +13,12 @@ kernel. Why these sizes (research/kernels.md section 1, bench/SCALE.md):
 Targets that are not a known TPU generation (interpret mode on CPU, new chips)
 use the v5p entry. Untuned on hardware: no TPU was available, only the compiler.
 
-XLA chunked: chunks of tokens with f32 [chunk, V] logits. CPU: ~2^25 floats
-(128 MiB) at most 1024 tokens, sized for host caches and for the memory ratio
-against naive logits (bench/kernels_cpu.py); accelerators: 1024 tokens at any V
-(a 128-token chunk at V = 152K would re-read W from HBM at ~128 FLOP/B).
+XLA chunked: chunks of tokens with f32 [chunk, V] logits. CPU: at most 2^24
+floats (64 MiB) and 1024 tokens (512 at V = 32K): the backward holds two such
+buffers, so at N = 8192, H = 1024, V = 32000 the fwd+bwd temporaries are 136 MiB,
+~15x below naive logits, at no cost in step time (bench/kernels_cpu.py, SCALE.md);
+accelerators: 1024 tokens at any V (a 128-token chunk at V = 152K would re-read W
+from HBM at ~128 FLOP/B).
 """
 
 import dataclasses
@@ -43,7 +45,7 @@ TPU_TABLES = {
 }
 DEFAULT_GENERATION = "v5p"
 
-_CPU_CHUNK_FLOATS = 1 << 25
+_CPU_CHUNK_FLOATS = 1 << 24
 _ACCELERATOR_CHUNK = 1024
 
 
