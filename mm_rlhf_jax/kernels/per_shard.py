@@ -7,7 +7,8 @@ multi-device mesh (`jax.set_mesh`) the kernel entry points therefore wrap the
 Pallas variants in `shard_map`:
 
   attention       batch over the batch axes, heads over `tensor`
-  token_logprobs  tokens over the batch axes; the LM head is gathered
+  token_logprobs  (pallas_gpu) tokens over every axis; the LM head is gathered
+                  (pallas_tpu shards itself, vocab-parallel: token_logprobs/sharded.py)
 
 Both ops are independent across those dimensions (attention per batch row and
 head, token log-probs per token), so the per-shard results are exact. A
@@ -19,7 +20,9 @@ import jax
 from jax.sharding import PartitionSpec as P
 
 BATCH_AXES = ("data", "fsdp")  # mesh axes that split examples (sharding.mesh)
-TOKEN_AXES = ("data", "fsdp", "sequence")  # flattened [B*T] tokens may also split over sequence
+# Flattened [B*T] tokens split over every axis: with a gathered head, tensor ranks
+# would otherwise redo the same tokens.
+TOKEN_AXES = ("data", "fsdp", "sequence", "tensor")
 HEAD_AXIS = "tensor"
 
 

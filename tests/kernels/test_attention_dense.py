@@ -57,7 +57,7 @@ def test_auto_dispatch_by_score_size():
     assert resolve_impl("auto", "cpu", score_bytes=small) == "xla_dense"
     assert resolve_impl("auto", "cpu", score_bytes=large) == "xla"
     assert resolve_impl("auto", "cpu") == "xla"
-    assert resolve_impl("auto", "gpu", score_bytes=small) == "pallas_gpu"
+    assert resolve_impl("auto", "gpu", score_bytes=small) == "cudnn"
     assert resolve_impl("xla", "cpu", score_bytes=small) == "xla"
     assert "xla_dense" in api.IMPLS
 

@@ -151,7 +151,7 @@ def test_tpu_interpret_mode_uninitialised_scratch_and_races():
 
 def test_dispatch_table():
     assert resolve_impl("auto", "cpu") == "xla"
-    assert resolve_impl("auto", "gpu") == "pallas_gpu"
+    assert resolve_impl("auto", "gpu") == "cudnn"
     assert resolve_impl("auto", "tpu") == "pallas_tpu"
     assert resolve_impl("pallas", "cpu") == "pallas_tpu"
     assert resolve_impl("pallas", "gpu") == "pallas_gpu"

@@ -28,3 +28,9 @@ def test_attention_pallas_gpu_compiled_all_options():
 def test_token_logprobs_pallas_gpu_compiled():
     _check("pallas_gpu", "gpu_f32", jnp.float32, seed=0, b=2, t=300, h=512, v=5000, entropy=True,
            temperature=0.9, default_blocks=True)
+
+
+@pytest.mark.parametrize("window", [None, 100])
+def test_attention_auto_is_cudnn_and_exact(window):
+    """`auto` on a GPU sends unpacked causal bf16 attention to cuDNN (window included)."""
+    check_attention("auto", jnp.bfloat16, b=2, t=512, hq=8, hkv=2, d=128, sliding_window=window)

@@ -26,7 +26,7 @@ attends to (2n+1) * T/(2n) keys per query pair. The caller permutes its token-le
 inputs (ids, positions, labels) with `zigzag_permutation` before the model; RoPE
 uses explicit positions, so only attention needs to know the layout.
 
-Registered in `api.IMPLS` as (inner kernel per shard in parentheses):
+`api.py` registers it in `api.IMPLS` as (inner kernel per shard in parentheses):
   context_parallel          (auto)   context_parallel_zigzag          (auto)
   context_parallel_xla      (xla)    context_parallel_zigzag_xla      (xla)
   context_parallel_pallas   (pallas) context_parallel_zigzag_pallas   (pallas)
@@ -43,8 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from mm_rlhf_jax.kernels.attention import api, common
-from mm_rlhf_jax.kernels.attention.blocks import DEFAULT_BLOCK_SIZES, default_block_sizes
+from mm_rlhf_jax.kernels.attention import common
 
 SEQUENCE_AXIS = "sequence"
 BATCH_AXES = ("data", "fsdp")
@@ -115,12 +114,13 @@ def _shard_attention(q, k, v, q_seg, kv_seg, q_br, kv_br, q_offset, *, inner, sp
     return jnp.concatenate([lo, hi], axis=1)
 
 
-def attention_context_parallel(q, k, v, ids: common.Ids, spec: common.MaskSpec, blocks: common.BlockSizes,
-                               interpret=None, *, inner: str = "auto", zigzag: bool = False):
+def attention_context_parallel(q, k, v, ids: common.Ids, spec: common.MaskSpec, blocks: common.BlockSizes | None,
+                               interpret=None, *, inner, zigzag: bool = False):
     """The `api.IMPLS` entry: q[B, T, Hq, D], k/v[B, S, Hkv, D] sharded on T / S -> [B, T, Hq, D].
 
-    `inner` is the per-shard kernel ("auto" | "xla" | "pallas"); `blocks` are its tiles
-    (None: the inner kernel's default table).
+    inner(blocks) -> (kernel fn, its tiles, its interpret default): the per-shard
+    kernel chosen for the target platform (api.py binds "auto" / "xla" / "pallas");
+    `blocks` None means that kernel's default table.
     """
     mesh = _mesh_or_error()
     n = mesh.shape[SEQUENCE_AXIS]
@@ -135,11 +135,8 @@ def attention_context_parallel(q, k, v, ids: common.Ids, spec: common.MaskSpec, 
     batch = _axes_that_divide(mesh, BATCH_AXES, b, "batch size")
     heads = _axes_that_divide(mesh, (HEAD_AXIS,), hkv, "kv heads")
     _axes_that_divide(mesh, (HEAD_AXIS,), hq, "query heads")
-    inner_name = api.resolve_impl(inner)
-    inner_fn = api.IMPLS.get(inner_name)
-    inner_blocks = blocks or default_block_sizes(inner_name)
-    if interpret is None:
-        interpret = jax.default_backend() == "cpu"
+    inner_fn, inner_blocks, inner_interpret = inner(blocks)
+    interpret = inner_interpret if interpret is None else interpret
     x_spec, id_spec = P(batch, SEQUENCE_AXIS, heads, None), P(batch, SEQUENCE_AXIS)
     has_br = ids.q_br is not None
     body = functools.partial(_shard_attention, inner=inner_fn, spec=spec, blocks=inner_blocks,
@@ -158,19 +155,6 @@ def attention_context_parallel(q, k, v, ids: common.Ids, spec: common.MaskSpec, 
     return fn(*args)
 
 
-def _register():
-    for inner, suffix in (("auto", ""), ("xla", "_xla"), ("pallas", "_pallas")):
-        for zigzag in (False, True):
-            name = "context_parallel" + ("_zigzag" if zigzag else "") + suffix
-            api.IMPLS.register(name)(functools.partial(attention_context_parallel, inner=inner, zigzag=zigzag))
-            # api looks up default tiles by the registered name: None defers to the inner
-            # kernel's table, resolved per backend at call time.
-            DEFAULT_BLOCK_SIZES[name] = None
-
-
-_register()
-
-
 def context_parallel_attention(q, k, v, *, segment_ids=None, branch_ids=None, causal: bool = True,
                                sliding_window: int | None = None, logit_soft_cap: float | None = None,
                                scale: float | None = None, impl: str = "auto", zigzag: bool = False):
@@ -179,6 +163,8 @@ def context_parallel_attention(q, k, v, *, segment_ids=None, branch_ids=None, ca
     Same arguments and result as `kernels.attention` (S == T); `impl` is the per-shard
     kernel. With zigzag=True the inputs must already be in `zigzag_permutation` order.
     """
+    from mm_rlhf_jax.kernels.attention import api  # api imports this module (it registers the impls)
+
     name = "context_parallel" + ("_zigzag" if zigzag else "") + ("" if impl == "auto" else f"_{impl}")
     return api.attention(q, k, v, segment_ids=segment_ids, branch_ids=branch_ids, causal=causal,
                          sliding_window=sliding_window, logit_soft_cap=logit_soft_cap, scale=scale, impl=name)

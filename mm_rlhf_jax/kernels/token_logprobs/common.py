@@ -19,13 +19,24 @@ _F32 = jnp.float32
 
 @dataclasses.dataclass(frozen=True)
 class BlockSizes:
-    """Tiles over tokens (n), vocabulary (v) and hidden (h); *_bwd for the backward kernels."""
+    """Tiles over tokens (n), vocabulary (v) and hidden (h).
+
+    *_bwd: the backward (the dh kernel of pallas_tpu); *_dw: the dw kernel of
+    pallas_tpu (None: same as *_bwd). The two want different shapes: dh keeps an
+    f32 [block_n, H] accumulator, dw an f32 [H, block_v] one.
+    """
 
     block_n: int
     block_v: int
     block_h: int
     block_n_bwd: int
     block_v_bwd: int
+    block_n_dw: int | None = None
+    block_v_dw: int | None = None
+
+    @property
+    def dw(self) -> tuple[int, int]:
+        return (self.block_n_dw or self.block_n_bwd, self.block_v_dw or self.block_v_bwd)
 
 
 def validate(hidden, w, labels, temperature):
@@ -57,6 +68,13 @@ def pad_to(x, shape):
     """Zero-pads x at the end of every axis up to `shape`."""
     widths = [(0, s - d) for d, s in zip(x.shape, shape)]
     return x if all(w == (0, 0) for w in widths) else jnp.pad(x, widths)
+
+
+def finish_stats(m, l, t, sz):
+    """Merged per-token statistics (max, sum exp(z - max), target logit, sum p z with
+    p relative to max) -> (logp, lse, entropy), each f32[N]."""
+    lse = m + jnp.log(l)
+    return t - lse, lse, lse - sz / l
 
 
 def mask_vocab(z, col, v: int):

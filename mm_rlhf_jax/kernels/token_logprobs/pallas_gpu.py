@@ -153,7 +153,7 @@ def token_logprobs_pallas_gpu(h, w, labels, *, inv_temp: float, with_entropy: bo
     n, hid = h.shape
     vocab = w.shape[1]
     for name, size in vars(blocks).items():
-        if size < _MIN_TILE or size & (size - 1):
+        if size is not None and (size < _MIN_TILE or size & (size - 1)):
             raise ValueError(f"token_logprobs pallas_gpu: {name}={size} must be a power of two >= {_MIN_TILE}")
     bh = _tile(hid, blocks.block_h)
     bn, bn_b = _tile(n, blocks.block_n), _tile(n, blocks.block_n_bwd)

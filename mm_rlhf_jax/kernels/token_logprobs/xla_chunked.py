@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from mm_rlhf_jax.kernels.token_logprobs import common
 
 _F32 = jnp.float32
+_DW_SLICE = 4096  # vocab columns per in-place dw update
 
 
 def _chunks(x, nc):
@@ -53,7 +54,12 @@ def _backward(h, w, labels, lse, ent, g, ge, inv_temp, with_entropy, bn):
         dz = common.dz_tile(z, vocab[None, :] == lc[:, None], lse_c[:, None], ent_c[:, None],
                             g_c[:, None], ge_c[:, None], inv_temp, with_entropy)
         dh = jnp.dot(dz.astype(w.dtype), w.T, preferred_element_type=_F32)
-        dw = dw + jnp.dot(hc.T, dz.astype(hc.dtype), preferred_element_type=_F32)
+        dz = dz.astype(hc.dtype)
+        # dw += hc^T dz one vocab slice at a time: each update happens in place in the
+        # carry, so no second f32 [H, V] buffer (the product) is ever alive.
+        for lo in range(0, w.shape[1], _DW_SLICE):
+            hi = min(w.shape[1], lo + _DW_SLICE)
+            dw = dw.at[:, lo:hi].add(jnp.dot(hc.T, dz[:, lo:hi], preferred_element_type=_F32))
         return dw, dh.astype(h.dtype)
 
     xs = tuple(_chunks(x, nc) for x in (h, labels, lse, ent, g, ge))

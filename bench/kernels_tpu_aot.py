@@ -1,0 +1,124 @@
+"""Ahead-of-time TPU compiles of both Pallas kernels at Qwen2-7B shapes; prints one JSON object.
+
+  python bench/kernels_tpu_aot.py [--generations v4 v5e v5p v6e] [--w-dtype bfloat16]
+
+Needs libtpu (`pip install "jax[tpu]"`); runs on a CPU host: every function is
+compiled through XLA:TPU and Mosaic for ONE chip of the generation's smallest
+topology (jax.experimental.topologies), with impl="pallas_tpu", interpret=False.
+Per generation and kernel, forward and forward+backward: compiled temporary memory
+(memory_analysis), XLA's cost model (flops, bytes accessed, optimal_seconds; a
+pallas_call counts only through its pl.CostEstimate), compile time, or the compile
+error. Shapes: attention q [1, 8192, 28, 128], k/v [1, 8192, 4, 128] bf16, causal,
+packed segment ids; token_logprobs hidden [1, 8192, 3584] bf16, LM head
+[3584, 152064] (--w-dtype), entropy off.
+
+Self-contained (only `kernels.attention` / `kernels.token_logprobs` with explicit
+impl and interpret), so it also measures older trees: PYTHONPATH=<old tree>.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import time
+
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # other processes on this host may compile too
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax.experimental import topologies  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+
+from mm_rlhf_jax import kernels  # noqa: E402
+
+TOPOLOGIES = {"v4": "v4:2x2x1", "v5e": "v5e:2x2", "v5p": "v5p:2x2x1", "v6e": "v6e:2x2"}
+S = jax.ShapeDtypeStruct
+
+
+def _compile(device, fn, shapes):
+    mesh = jax.sharding.Mesh([device], ("chip",))
+    args = [S(s.shape, s.dtype, sharding=NamedSharding(mesh, P())) for s in shapes]
+    target = getattr(kernels, "target_platform", None)  # trees without it pick tiles by host backend
+    t0 = time.perf_counter()
+    if target is not None:
+        with target(devices=[device]):
+            compiled = jax.jit(fn).lower(*args).compile()
+    else:
+        compiled = jax.jit(fn).lower(*args).compile()
+    return compiled, time.perf_counter() - t0
+
+
+def _measure(device, fn, shapes):
+    try:
+        compiled, seconds = _compile(device, fn, shapes)
+    except Exception as e:  # a kernel that does not fit (VMEM) fails here
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        return {"compiles": False, "error": next((l for l in lines if "vmem" in l.lower()), lines[0])[:400]}
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis() or {}
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return {"compiles": True, "compile_s": round(seconds, 1),
+            "temp_mib": round(mem.temp_size_in_bytes / 2**20, 1),
+            "argument_mib": round(mem.argument_size_in_bytes / 2**20, 1),
+            "output_mib": round(mem.output_size_in_bytes / 2**20, 1),
+            "xla_flops": float(cost.get("flops", 0.0)),
+            "xla_bytes_accessed": float(cost.get("bytes accessed", 0.0)),
+            "xla_optimal_ms": round(1e3 * float(cost.get("optimal_seconds", 0.0)), 3)}
+
+
+def attention_cases(t=8192, hq=28, hkv=4, d=128):
+    shapes = (S((1, t, hq, d), jnp.bfloat16), S((1, t, hkv, d), jnp.bfloat16), S((1, t, hkv, d), jnp.bfloat16),
+              S((1, t), jnp.int32))
+    fwd = lambda q, k, v, seg: kernels.attention(q, k, v, segment_ids=seg, impl="pallas_tpu", interpret=False)
+
+    def grads(q, k, v, seg):  # consumed, so XLA picks no output layouts
+        loss = lambda q, k, v: jnp.sum(fwd(q, k, v, seg).astype(jnp.float32) ** 2)
+        return jax.tree.map(lambda g: jnp.sum(g.astype(jnp.float32)), jax.grad(loss, argnums=(0, 1, 2))(q, k, v))
+
+    return shapes, fwd, grads
+
+
+def logprob_cases(n=8192, h=3584, v=152064, w_dtype=jnp.bfloat16):
+    shapes = (S((1, n, h), jnp.bfloat16), S((h, v), w_dtype), S((1, n), jnp.int32))
+    fwd = lambda x, w, l: kernels.token_logprobs(x, w, l, impl="pallas_tpu", interpret=False)
+
+    def grads(x, w, l):
+        loss = lambda x, w: jnp.sum(fwd(x, w, l))
+        return jax.tree.map(lambda g: jnp.sum(g.astype(jnp.float32)), jax.grad(loss, argnums=(0, 1))(x, w))
+
+    return shapes, fwd, grads
+
+
+def _commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=os.path.dirname(kernels.__file__), check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--generations", nargs="+", default=list(TOPOLOGIES))
+    parser.add_argument("--w-dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    args = parser.parse_args()
+    att = attention_cases()
+    lm = logprob_cases(w_dtype=jnp.dtype(args.w_dtype))
+    report = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "jax": jax.__version__},
+              "kernels_from": os.path.dirname(kernels.__file__), "commit": _commit(),
+              "shapes": {"attention": "q [1, 8192, 28, 128], k/v [1, 8192, 4, 128] bf16, causal, segment ids",
+                         "token_logprobs": f"hidden [1, 8192, 3584] bf16, w [3584, 152064] {args.w_dtype}"},
+              "generations": {}}
+    for gen in args.generations:
+        device = topologies.get_topology_desc(platform="tpu", topology_name=TOPOLOGIES[gen]).devices[0]
+        row = {"device_kind": device.device_kind}
+        for name, (shapes, fwd, grads) in (("attention", att), ("token_logprobs", lm)):
+            row[name] = {"fwd": _measure(device, fwd, shapes), "fwd_bwd": _measure(device, grads, shapes)}
+        report["generations"][gen] = row
+        print(json.dumps({gen: row}), flush=True, file=__import__("sys").stderr)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
