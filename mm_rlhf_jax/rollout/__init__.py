@@ -3,3 +3,4 @@
 and the generation evals all use."""
 
 from mm_rlhf_jax.rollout.sampler import SampleOutput, sample, left_pad
+from mm_rlhf_jax.rollout.generate import Generator, generate_tokens

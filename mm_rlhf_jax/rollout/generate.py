@@ -232,3 +232,40 @@ class BoundGenerator:
 
     def __call__(self, items: Sequence, seed: int = 0) -> list[Generation]:
         return self.generator(self.params, items, seed=seed)
+
+
+class _TokenIds:
+    """The two tokenizer ids the generator needs, for token-id-only generation (no text)."""
+
+    def __init__(self, pad_id: int, stop_ids):
+        self.pad_token_id, self.eos_token_id = pad_id, (list(stop_ids) or [-1])[0]
+
+    def decode(self, ids, skip_special_tokens=True):
+        return ""
+
+
+def generate_tokens(model, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+                    stop_ids: Sequence[int] = (), sampling: str = "greedy", num_samples: int = 1, seed: int = 0,
+                    temperature: float = 1.0, batch_size: int = 64, pad_id: int = 0) -> list[list[int]]:
+    """Generated ids per prompt (stop token included when hit), num_samples consecutive rows per prompt.
+
+    The same engine the algorithms' rollouts use (Generator over rollout.sample).
+    model / params as models.hf.load_pretrained returns them; the mesh is the one
+    params are placed on (or the first device). `sampling` is a
+    rollout.strategies name; without stop_ids every row runs to max_new_tokens.
+    """
+    from mm_rlhf_jax.sharding import make_mesh
+
+    leaf = jax.tree.leaves(params)[0]
+    mesh = getattr(getattr(leaf, "sharding", None), "mesh", None)
+    if mesh is None or not hasattr(mesh, "shape"):
+        mesh = make_mesh({"fsdp": 1}, devices=list(leaf.devices())[:1])
+    rows = [list(map(int, p)) for p in prompts for _ in range(num_samples)]
+    divisor = int(np.prod([mesh.shape[a] for a in ("data", "fsdp")]))
+    size = min(batch_size, -(-len(rows) // divisor) * divisor)
+    size = -(-size // divisor) * divisor
+    stops = tuple(int(s) for s in stop_ids)
+    gen = Generator(model, _TokenIds(pad_id, stops), mesh, max_new_tokens=max_new_tokens, batch_size=size,
+                    sampling=SamplingConfig(sampling, temperature), stop_ids=stops or (-1,))
+    out = gen(params, [{"prompt_ids": np.asarray(r, np.int32)} for r in rows], seed=seed)
+    return [list(g.tokens) for g in out]
