@@ -76,6 +76,9 @@ def model_block(**tiny_overrides) -> CD:
         # A bundled architecture (models/known/<name>.json) for ahead-of-time compiles on a machine
         # without the checkpoint; init_from's own config.json wins when it exists.
         architecture="",
+        # > 0: only the first N decoder layers of the checkpoint's architecture (aot.py's per-layer cost
+        # probes); runs that load weights refuse it.
+        num_layers=0,
         dtype="float32",  # compute dtype (bfloat16 on accelerators)
         param_dtype="float32",  # storage dtype
         remat="none",  # none | full (save nothing) | dots (matmul outputs) | attention (attention outputs only)
@@ -537,3 +540,17 @@ def preset(algorithm: str, arg: str = "tiny", *, configs_dir: str | None = None)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(arg)
+
+
+def override(c: CD, values: dict) -> CD:
+    """A copy of config c with dotted keys set ({"train.microbatches": 1, ...}); unknown keys are errors."""
+    out = c.copy_and_resolve_references()
+    for path, value in values.items():
+        *parents, leaf = path.split(".")
+        node = out
+        for p in parents:
+            node = node[p]
+        if leaf not in node:
+            raise KeyError(f"config has no key {path!r}")
+        node[leaf] = value
+    return out

@@ -78,11 +78,25 @@ def build_model(config) -> nn.Module:
     return builders[type(config)](config)
 
 
+def _for_init(model: nn.Module) -> nn.Module:
+    """The same parameters with a plain attention kernel: initialisation runs a 1-token forward, which the
+    context-parallel kernels (sequence-sharded, lengths multiples of the shard count) cannot take."""
+    if hasattr(model, "trunk"):  # ModelWithHeads
+        return model.clone(trunk=_for_init(model.trunk))
+    cfg = getattr(model, "config", None)
+    text = _text_config(cfg) if isinstance(cfg, (DecoderConfig, LlavaOnevisionConfig)) else None
+    if text is None or not text.attention_impl.startswith("context_parallel"):
+        return model
+    text = text.replace(attention_impl="xla")
+    return model.clone(config=cfg.replace(text=text) if isinstance(cfg, LlavaOnevisionConfig) else text)
+
+
 def abstract_params(model: nn.Module):
     """The parameter tree as ShapeDtypeStructs, boxed with logical axis names (no memory used)."""
     # Every array is created inside the traced function, so this works under any mesh (also a TPU
     # topology mesh on a CPU host, where a concrete array cannot be placed).
-    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))["params"]
+    init = _for_init(model).init
+    return jax.eval_shape(lambda: init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))["params"]
 
 
 def param_shardings(model: nn.Module, mesh: Mesh, rules=TRAIN_RULES):
@@ -93,7 +107,7 @@ def param_shardings(model: nn.Module, mesh: Mesh, rules=TRAIN_RULES):
 def init_params(model: nn.Module, rng, mesh: Mesh | None = None, rules=TRAIN_RULES):
     """Random parameters (unboxed), created directly in their shardings when a mesh is given."""
     ids = jnp.zeros((1, 1), jnp.int32)
-    init = lambda r: nn.meta.unbox(model.init(r, ids)["params"])  # noqa: E731
+    init = lambda r: nn.meta.unbox(_for_init(model).init(r, ids)["params"])  # noqa: E731
     if mesh is None:
         return jax.jit(init)(rng)
     return jax.jit(init, out_shardings=param_shardings(model, mesh, rules))(rng)

@@ -73,6 +73,10 @@ def _overrides(c: ml_collections.ConfigDict) -> dict:
     return dict(remat=c.remat, scan_layers=c.scan_layers, attention_impl=c.attention_impl)
 
 
+def _layers(c: ml_collections.ConfigDict) -> dict:
+    return {"num_layers": c.num_layers} if c.num_layers else {}
+
+
 def architecture(c: ml_collections.ConfigDict, *, allow_known: bool = False):
     """The model config (DecoderConfig / LlavaOnevisionConfig) of the `model` block, numerics applied.
 
@@ -81,12 +85,14 @@ def architecture(c: ml_collections.ConfigDict, *, allow_known: bool = False):
     """
     numerics = dict(param_dtype=dtype(c.param_dtype), **_overrides(c))
     if c.init_from and (not allow_known or os.path.exists(os.path.join(c.init_from, "config.json"))):
-        return hf.load_config(c.init_from, dtype(c.dtype), **numerics)
+        return hf.load_config(c.init_from, dtype(c.dtype), **numerics, **(_layers(c) if allow_known else {}))
     if c.init_from or c.architecture:
         if not (allow_known and c.architecture):
             raise ValueError(f"model.init_from={c.init_from!r} has no config.json; set model.architecture to one "
                              f"of {hf.known_architectures()} to compile without the checkpoint")
-        return hf.known_config(c.architecture, dtype(c.dtype), **numerics)
+        return hf.known_config(c.architecture, dtype(c.dtype), **numerics, **_layers(c))
+    if c.num_layers:
+        raise ValueError("model.num_layers applies to a checkpoint's architecture; set model.tiny.num_layers instead")
     return tiny_config(c)
 
 
@@ -105,6 +111,8 @@ def build(c: ml_collections.ConfigDict, seed: int, *, allow_known: bool = False)
 
 def initial_params(c: ml_collections.ConfigDict, module, mesh: Mesh, rules, seed: int):
     """The starting parameters, sharded on mesh: streamed from init_from, or a seeded random init."""
+    if c.num_layers:
+        raise ValueError("model.num_layers (a partial architecture for cost probes) cannot load or train weights")
     if c.init_from:
         loaded, params = hf.load_pretrained(c.init_from, dtype(c.dtype), param_dtype=dtype(c.param_dtype),
                                             mesh=mesh, rules=rules, **_overrides(c))

@@ -70,20 +70,21 @@ def grad_of_trainable(loss_fn: Callable, params, mask, *args):
     return jax.value_and_grad(fn, has_aux=True)(trainable)
 
 
-def split_microbatches(batch, k: int):
-    """Every leaf [B, ...] -> [k, B/k, ...]; microbatch j holds rows j, j+k, j+2k, ...
+def microbatch(batch, k: int, j):
+    """Microbatch j (traced index ok) of k: rows j, j+k, j+2k, ... of every leaf [B, ...].
 
     Strided rows keep every microbatch spread over the devices the batch axis is
-    sharded on (each device's contiguous block of rows splits into k parts), so the
-    split moves no data.
+    sharded on (each device's contiguous block of rows splits into k parts); the
+    reshape is free and each step reads only its slice, so the full batch is never
+    copied into a microbatch-major layout.
     """
-    def split(x):
+    def take(x):
         b = x.shape[0]
         if b % k:
             raise ValueError(f"a batch of {b} rows does not split into {k} microbatches")
-        return jnp.swapaxes(x.reshape(b // k, k, *x.shape[1:]), 0, 1)
+        return jax.lax.dynamic_index_in_dim(x.reshape(b // k, k, *x.shape[1:]), j, axis=1, keepdims=False)
 
-    return jax.tree.map(split, batch)
+    return jax.tree.map(take, batch)
 
 
 def accumulate_grads(loss_fn: Callable, params, mask, batch, counts, microbatches: int = 1):
@@ -98,16 +99,13 @@ def accumulate_grads(loss_fn: Callable, params, mask, batch, counts, microbatche
     """
     if microbatches == 1:
         return grad_of_trainable(loss_fn, params, mask, batch, counts)
-    micro = split_microbatches(batch, microbatches)
+    step = lambda j: grad_of_trainable(loss_fn, params, mask, microbatch(batch, microbatches, j), counts)
 
-    def body(acc, m):
-        out = grad_of_trainable(loss_fn, params, mask, m, counts)
-        return jax.tree.map(jnp.add, acc, out), None
+    def body(acc, j):
+        return jax.tree.map(jnp.add, acc, step(j)), None
 
-    first = jax.tree.map(lambda x: x[0], micro)
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                         jax.eval_shape(lambda m: grad_of_trainable(loss_fn, params, mask, m, counts), first))
-    out, _ = jax.lax.scan(body, zeros, micro)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(step, 0))
+    out, _ = jax.lax.scan(body, zeros, jnp.arange(microbatches))
     return out
 
 

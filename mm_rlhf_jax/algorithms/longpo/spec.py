@@ -61,6 +61,12 @@ def sample_batch(config, mesh, batch_size: int, *, with_ref: bool = True) -> dic
             for name, (s, dt) in shapes.items()}
 
 
+def one_microbatch(config, step: str) -> dict:
+    """Overrides that make `step` process one microbatch of the configured step (aot cost probes)."""
+    k = config.train.microbatches
+    return {"train.microbatches": 1, "data.batch_size": config.data.batch_size // k} if step == "train" else {}
+
+
 def compile_inputs(config, mesh, rules, step: str):
     """(jitted fn, abstract args) of `step` ("train" | "reference") from the config alone (round 0)."""
     base = base_architecture(config, allow_known=True)

@@ -22,6 +22,12 @@ def reference_step(module):
     return jax.jit(functools.partial(step_lib.policy_logps_step, module=module))
 
 
+def one_microbatch(config, step: str) -> dict:
+    """Overrides that make `step` process one microbatch of the configured step (aot cost probes)."""
+    k = config.train.microbatches
+    return {"train.microbatches": 1, "data.batch_size": config.data.batch_size // k} if step == "train" else {}
+
+
 def compile_inputs(config, mesh, rules, step: str):
     """(jitted fn, abstract args) of `step` ("train" | "reference") from the config alone."""
     module, _ = model_factory.build(config.model, config.seed, allow_known=True)

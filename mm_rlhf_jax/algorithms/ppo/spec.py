@@ -23,6 +23,12 @@ def _rows(mesh, shape, dtype):
     return jax.ShapeDtypeStruct(shape, dtype, sharding=placement.row_sharding(mesh, len(shape)))
 
 
+def one_microbatch(config, step: str) -> dict:
+    """Overrides that make `step` process one microbatch of the configured step (aot cost probes)."""
+    k = config.train.microbatches
+    return {"train.microbatches": 1, "ppo.num_minibatches": config.ppo.num_minibatches * k} if step == "train" else {}
+
+
 def compile_inputs(config, mesh, rules, step: str):
     """(jitted fn, abstract args) of `step` ("train" | "reference" | "rollout") from the config alone."""
     p, seed = config.ppo, config.seed

@@ -29,6 +29,12 @@ def train_step(config, module, mesh, rules) -> phase.ParamsStep:
                              trainable=model_factory.TRAINABLE.get(config.model.trainable), mesh=mesh, rules=rules)
 
 
+def one_microbatch(config, step: str) -> dict:
+    """Overrides that make `step` process one microbatch of the configured step (aot cost probes)."""
+    k = config.train.microbatches
+    return {"train.microbatches": 1, "data.batch_size": config.data.batch_size // k} if step == "train" else {}
+
+
 def compile_inputs(config, mesh, rules, step: str):
     """(jitted fn, abstract args) of `step` ("train" | "reference": scoring) from the config alone."""
     module, _ = build_module(config, allow_known=True)
