@@ -7,9 +7,9 @@ Needs libtpu (`pip install "jax[tpu]"`); runs on a CPU host: every function is
 compiled through XLA:TPU and Mosaic for ONE chip of the generation's smallest
 topology (jax.experimental.topologies), with impl="pallas_tpu", interpret=False.
 Per generation and kernel, forward and forward+backward (value_and_grad, gradients
-returned as outputs): compiled temporary memory (memory_analysis), XLA's cost model (flops, bytes accessed, optimal_seconds; a
-pallas_call counts only through its pl.CostEstimate), compile time, or the compile
-error. Shapes: attention q [1, 8192, 28, 128], k/v [1, 8192, 4, 128] bf16, causal,
+returned as outputs): compiled temporary memory (memory_analysis), XLA's cost model
+(flops, bytes accessed, optimal_seconds; a pallas_call counts only through its
+pl.CostEstimate), compile time, or the compile error. Shapes: attention q [1, 8192, 28, 128], k/v [1, 8192, 4, 128] bf16, causal,
 packed segment ids; token_logprobs hidden [1, 8192, 3584] bf16, LM head
 [3584, 152064] (--w-dtype), entropy off.
 
