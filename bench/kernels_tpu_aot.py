@@ -2,6 +2,7 @@
 
   python bench/kernels_tpu_aot.py [--generations v4 v5e v5p v6e] [--w-dtype bfloat16]
                                   [--sharded v5p:4x4x4:64:1 ...] [--tokens-per-chip 8192]
+                                  [--vmem-headroom]
 
 Needs libtpu (`pip install "jax[tpu]"`); runs on a CPU host: every function is
 compiled through XLA:TPU and Mosaic for ONE chip of the generation's smallest
@@ -133,6 +134,35 @@ def sharded_logprobs(topology_name, fsdp, tensor, tokens_per_chip, seq_len=4096,
     return out
 
 
+def vmem_needed(device, generation, cases):
+    """Smallest scoped VMEM limit (MiB, bisected) at which each kernel's fwd+bwd still
+    compiles with the generation's tiles, next to the table's limit: the headroom of
+    the tables. Needs the per-generation tables (this tree)."""
+    import dataclasses
+
+    from mm_rlhf_jax.kernels.attention import blocks as attention_tables
+    from mm_rlhf_jax.kernels.token_logprobs import blocks as logprob_tables
+
+    out = {}
+    for name, tables, (shapes, _, grads) in (("attention", attention_tables, cases[0]),
+                                             ("token_logprobs", logprob_tables, cases[1])):
+        table = tables.TPU_TABLES[generation]
+        lo, hi = 0, table.vmem_limit_bytes // 2**20  # compiles at hi (the table), assumed not at lo
+        try:
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                tables.TPU_TABLES[generation] = dataclasses.replace(table, vmem_limit_bytes=mid * 2**20)
+                try:  # a fresh function object: jit's trace cache would reuse the old limit
+                    _compile(device, lambda *a: grads(*a), shapes)
+                    hi = mid
+                except Exception:
+                    lo = mid
+        finally:
+            tables.TPU_TABLES[generation] = table
+        out[name] = {"vmem_needed_mib": hi, "table_limit_mib": table.vmem_limit_bytes // 2**20}
+    return out
+
+
 def _commit():
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -148,6 +178,8 @@ def main():
     parser.add_argument("--sharded", nargs="*", default=[], metavar="TOPOLOGY:FSDP:TENSOR",
                         help="also token_logprobs on a whole topology, e.g. v5p:4x4x4:64:1 v5p:4x4x4:16:4")
     parser.add_argument("--tokens-per-chip", type=int, default=8192)
+    parser.add_argument("--vmem-headroom", action="store_true",
+                        help="also bisect the smallest VMEM limit each kernel compiles with (slow)")
     args = parser.parse_args()
     att = attention_cases()
     lm = logprob_cases(w_dtype=jnp.dtype(args.w_dtype))
@@ -161,6 +193,8 @@ def main():
         row = {"device_kind": device.device_kind}
         for name, (shapes, fwd, grads) in (("attention", att), ("token_logprobs", lm)):
             row[name] = {"fwd": _measure(device, fwd, shapes), "fwd_bwd": _measure(device, grads, shapes)}
+        if args.vmem_headroom:
+            row["vmem"] = vmem_needed(device, gen, (att, lm))
         report["generations"][gen] = row
         print(json.dumps({gen: row}), flush=True, file=sys.stderr)
     report["sharded_token_logprobs"] = []

@@ -276,12 +276,18 @@ def token_logprobs_pallas_tpu(h, w, labels, *, inv_temp: float, with_entropy: bo
     width = max(hi - lo for lo, hi in plan.slices) if plan.slices else v_loc  # the kernels see one slice
     bh = pallas_tpu.hidden_tile(hid, blocks.block_h)
     tiles = lambda bn, bv: (pallas_tpu.token_tile(n_loc, bn), pallas_tpu.vocab_tile(width, bv))
+    # The backward accumulators are f32 [bn, H] (dh) and [H, bv] (dw): wide heads get
+    # smaller tiles so that one stays within a third of the VMEM limit.
+    budget = vmem_limit // 3
+    dh_bn = pallas_tpu.fit_tile(blocks.block_n_bwd, 4 * hid, budget, 8)
+    dw_bn, dw_bv = blocks.dw
+    dw_bv = pallas_tpu.fit_tile(dw_bv, 4 * hid, budget, 128)
     common_kw = (("inv_temp", inv_temp), ("with_entropy", with_entropy), ("vmem_limit", vmem_limit),
                  ("interpret", interpret))
     cfg = Config(
         fwd_items=common_kw + (("tiles", tiles(blocks.block_n, blocks.block_v) + (bh,)),),
-        bwd_items=common_kw + (("dh_tiles", tiles(blocks.block_n_bwd, blocks.block_v_bwd)),
-                               ("dw_tiles", tiles(*blocks.dw)), ("bh", bh)),
+        bwd_items=common_kw + (("dh_tiles", tiles(dh_bn, blocks.block_v_bwd)),
+                               ("dw_tiles", tiles(dw_bn, dw_bv)), ("bh", bh)),
         with_entropy=with_entropy, plan=plan if plan.slices else dataclasses.replace(plan, slices=((0, v_loc),)),
         w_dtype=jnp.dtype(w.dtype), v_local=v_loc)
     return _logprobs(h, w, labels, cfg)
