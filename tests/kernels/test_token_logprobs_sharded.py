@@ -46,22 +46,32 @@ def _value_and_grads(impl, hidden, w, labels, cot, **kw):
 
 def test_plans(mesh):
     with jax.set_mesh(mesh):
-        vp = sharded.make_plan(64, 1000, None)
-        assert (vp.tokens, vp.vocab) == (("data",), "tensor")
-        gathered = sharded.make_plan(64, 1000, False)
+        vp = sharded.make_plan(64, 64, 1000, None)
+        assert (vp.tokens, vp.vocab, vp.head_split) == (("data",), "tensor", ("data",))
+        gathered = sharded.make_plan(64, 64, 1000, False)
         assert (gathered.tokens, gathered.vocab) == (("data", "tensor"), None)  # no rank redoes tokens
-        assert sharded.make_plan(64, 1001, None).vocab is None  # tensor does not divide V: gathered
+        assert sharded.make_plan(64, 63, 1000, False).head_split is None  # H indivisible: gathered whole
+        assert sharded.make_plan(64, 64, 1001, None).vocab is None  # tensor does not divide V: gathered
         with pytest.raises(ValueError, match="vocab_parallel=True needs"):
-            sharded.make_plan(64, 1001, True)
+            sharded.make_plan(64, 64, 1001, True)
+        # The head is gathered in slices of <= GATHER_SLICE_BYTES, on vocab-tile boundaries.
+        big = sharded.make_plan(8192, 3584, 152064, False, itemsize=2, align=1024)
+        widths = [hi - lo for lo, hi in big.slices]
+        assert big.slices[0][0] == 0 and big.slices[-1][1] == 152064 and len(widths) == 9
+        assert all(w % 1024 == 0 and 3584 * w * 2 <= sharded.GATHER_SLICE_BYTES for w in widths[:-1])
     seq_mesh = make_mesh({"data": 2, "fsdp": 1, "tensor": 1, "sequence": 4})
     with jax.set_mesh(seq_mesh):
-        assert sharded.make_plan(2 * 64, 1000, None).tokens == ("data", "sequence")
-    assert sharded.make_plan(64, 1000, None) == sharded.Plan()  # no mesh: one kernel call
+        assert sharded.make_plan(2 * 64, 64, 1000, None).tokens == ("data", "sequence")
+    assert sharded.make_plan(64, 64, 1000, None) == sharded.Plan()  # no mesh: one kernel call
 
 
-def test_vocab_parallel_equals_gathered_and_reference(mesh):
+@pytest.mark.parametrize("slice_bytes", [None, 64 * 300 * 4])
+def test_vocab_parallel_equals_gathered_and_reference(mesh, slice_bytes, monkeypatch):
     """V = 1000 over 4 tensor shards (250 columns each, ragged 128 / 256 tiles), N = 64
-    tokens over data; entropy and temperature on, non-uniform cotangents."""
+    tokens over data; entropy and temperature on, non-uniform cotangents. With a small
+    slice budget the gathered head is processed in 4 slices (their statistics merged)."""
+    if slice_bytes is not None:
+        monkeypatch.setattr(sharded, "GATHER_SLICE_BYTES", slice_bytes)
     hidden, w, labels, cot = _inputs(0, 4, 16, 64, 1000)
     results = {}
     with jax.set_mesh(mesh):

@@ -119,3 +119,14 @@ def test_qwen2_7b_shapes_compile(generation):
     loss = lambda x, w, l: jnp.sum(fwd(x, w, l))
     bwd_s = tpu_topology.summary(tpu_topology.compile_for_chip(generation, jax.grad(loss, argnums=(0, 1)), lm))
     assert bwd_s["temp_mib"] < 256, bwd_s
+
+
+@pytest.mark.slow
+def test_wide_head_fits_v4():
+    """H = 16384, V = 128256 (a 405B-class head) on v4's 16 MiB: the backward's f32
+    [bn, H] / [H, bv] accumulators get smaller tiles than the table's (with the
+    table's, the dh kernel needs 19.7 MiB)."""
+    n, h, v = 4096, 16384, 128256
+    lm = (S((1, n, h), BF16), S((h, v), BF16), S((1, n), I32))
+    loss = lambda x, w, l: jnp.sum(token_logprobs(x, w, l, impl="pallas_tpu", interpret=False))
+    tpu_topology.compile_for_chip("v4", jax.grad(loss, argnums=(0, 1)), lm)

@@ -17,8 +17,9 @@ The tests are conservative: EMPTY and FULL are only claimed when they hold for
 every element (per-tile min / max of the ids), so a PARTIAL tile is always
 correct. Each rule alone is exact for packed rows (sorted segments); a tile that is
 empty only through a combination (e.g. branch-2 queries of segment 1 and segment 2
-against branch-1 keys of segment 1) is computed as PARTIAL. Together with the kind, each entry holds the index of the tile to fetch
-at that grid step: the tile itself, or for an EMPTY step the next non-empty tile
+against branch-1 keys of segment 1) is computed as PARTIAL.
+
+Together with the kind, each entry holds the index of the tile to fetch at that grid step: the tile itself, or for an EMPTY step the next non-empty tile
 of the row (else the previous one), so skipped steps issue no DMA and the next
 needed tile is prefetched. Packed as `tile * 4 + kind` in one flat int32 array,
 which the kernels receive as a scalar-prefetch (SMEM) operand.

@@ -78,6 +78,14 @@ def _q_ids_spec(spec, bq, q_map, s, kv_map):
     return specs * (2 if spec.has_branches else 1)
 
 
+def _cost(b, hq, t, s, d, itemsize, *, matmuls, causal):
+    """pl.CostEstimate of `matmuls` [t, s, d] matmuls per head (half of them when causal)."""
+    frac = 0.5 if causal else 1.0
+    return pl.CostEstimate(flops=int(2 * matmuls * b * hq * t * s * d * frac),
+                           transcendentals=int(b * hq * t * s * frac),
+                           bytes_accessed=int(4 * b * hq * (t + s) * d * itemsize))
+
+
 def _forward(qoff, q, k, v, ids, spec, bq, bk, interpret):
     """q[B, T, Hq, D], k/v[B, S, Hkv, D] -> (o like q, lse f32[B, Hq, T])."""
     b, t, hq, d = q.shape
@@ -97,6 +105,7 @@ def _forward(qoff, q, k, v, ids, spec, bq, bk, interpret):
         grid=(nq, b, hq), in_specs=in_specs, out_specs=out_specs,
         out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, hq, t), _F32)],
         compiler_params=pltr.CompilerParams(num_warps=4 if d <= 64 else 8, num_stages=2),
+        cost_estimate=_cost(b, hq, t, s, d, q.dtype.itemsize, matmuls=2, causal=spec.causal),
         interpret=interpret, name="mm_flash_fwd_gpu",
     )(qoff, q, k, v, *ids)
 
@@ -171,6 +180,7 @@ def _backward(qoff, q, k, v, ids, o, lse, do, spec, bq, bk, interpret):
                   *_q_ids_spec(spec, bq, lambda i, b_, h: (b_, i), s, lambda i, b_, h: (b_, 0))],
         out_specs=q_tile, out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
         compiler_params=params, interpret=interpret, name="mm_flash_dq_gpu",
+        cost_estimate=_cost(b, hq, t, s, d, q.dtype.itemsize, matmuls=3, causal=spec.causal),
     )(qoff, q, k, v, do, lse, delta, *ids)
 
     # dkv: program (kj, b, h) sees all T query rows of the G heads h*G .. h*G+G-1.
@@ -187,6 +197,7 @@ def _backward(qoff, q, k, v, ids, o, lse, do, spec, bq, bk, interpret):
         out_specs=[kv_tile, kv_tile],
         out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
         compiler_params=params, interpret=interpret, name="mm_flash_dkv_gpu",
+        cost_estimate=_cost(b, hq, t, s, d, q.dtype.itemsize, matmuls=4, causal=spec.causal),
     )(qoff, q, k, v, do, lse, delta, *ids)
     return dq, dk, dv
 

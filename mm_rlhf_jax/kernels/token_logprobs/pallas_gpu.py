@@ -98,6 +98,9 @@ def _forward(h, w, labels, *, inv_temp, vocab, with_entropy, bn, bv, bh, interpr
         out_specs=[vec, vec, vec],
         out_shape=[jax.ShapeDtypeStruct((n,), _F32)] * 3,
         compiler_params=pltr.CompilerParams(num_warps=4, num_stages=2),
+        cost_estimate=pl.CostEstimate(
+            flops=2 * n * hid * w.shape[1], transcendentals=n * w.shape[1],
+            bytes_accessed=h.size * h.dtype.itemsize + w.size * w.dtype.itemsize * (n // bn)),
         interpret=interpret, name="mm_token_logprobs_fwd_gpu",
     )(h, w, labels)
 
@@ -117,6 +120,10 @@ def _backward(h, w, labels, lse, ent, g, ge, *, inv_temp, vocab, with_entropy, b
         out_shape=[jax.ShapeDtypeStruct(h.shape, _F32), jax.ShapeDtypeStruct(w.shape, _F32)],
         input_output_aliases={7: 0, 8: 1},
         compiler_params=pltr.CompilerParams(num_warps=4, num_stages=2),
+        # Per (token tile, vocab tile): read h and w tiles, f32 atomic read-modify-write of dh and dw.
+        cost_estimate=pl.CostEstimate(
+            flops=6 * n * hid * w.shape[1], transcendentals=n * w.shape[1],
+            bytes_accessed=(h.dtype.itemsize + 8) * n * hid * nv + (w.dtype.itemsize + 8) * w.size * (n // bn)),
         interpret=interpret, name="mm_token_logprobs_bwd_gpu",
     )(h, w, labels, lse, ent, g, ge, jnp.zeros(h.shape, _F32), jnp.zeros(w.shape, _F32))
     return dh.astype(h.dtype), dw.astype(w.dtype)

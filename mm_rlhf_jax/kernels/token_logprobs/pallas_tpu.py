@@ -339,3 +339,10 @@ def vocab_tile(vocab: int, target: int) -> int:
     if target % _LANES:
         raise ValueError(f"token_logprobs pallas_tpu: vocab tiles must be multiples of 128, got {target}")
     return min(target, common.round_up(vocab, _LANES))
+
+
+def fit_tile(tile: int, bytes_per_unit: int, budget: int, base: int) -> int:
+    """tile halved (not below base) until tile * bytes_per_unit fits the budget."""
+    while tile > base and tile * bytes_per_unit > budget:
+        tile = max(base, tile // 2)
+    return tile
