@@ -20,14 +20,10 @@ def shifted_token_logprobs(hidden, lm_head_w, input_ids, *, temperature: float =
       f32[N, T] with position 0 set to 0 (it has no prediction), and entropy
       f32[N, T] of the predictive distribution for token t if return_entropy.
     """
-    out = kernels.token_logprobs(
-        hidden[:, :-1], lm_head_w, input_ids[:, 1:], temperature=temperature,
-        return_entropy=return_entropy, impl=impl,
-    )
-    pad = lambda x: jnp.pad(x, ((0, 0), (1, 0)))
-    if return_entropy:
-        return pad(out[0]), pad(out[1])
-    return pad(out)
+    # All T positions go through the kernel (the last against a dummy label), so a sequence-sharded
+    # token axis still divides: slicing hidden[:, :-1] would leave N * (T - 1) tokens.
+    return kernels.next_token_logprobs(hidden, lm_head_w, input_ids, temperature=temperature,
+                                       return_entropy=return_entropy, impl=impl)
 
 
 def masked_sum(x, mask):
