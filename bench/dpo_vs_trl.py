@@ -37,9 +37,10 @@ the same batches of `--batch` pairs:
 - trl: DPOTrainer, each batch right-padded to its longest sequence;
 - jax:padded: ours on [B, 2, T], T = the longest sequence of all pairs (one compile);
 - jax:packed: ours on packed rows (data/packing.py): each batch's pairs packed into
-  rows of `--pack-length` tokens (default: the longest pair, rounded up to 128),
-  the prompt once per pair and chosen / rejected as two branches after it; the
-  rows per batch are the most any batch needs.
+  rows of `--pack-length` tokens, the prompt once per pair and chosen / rejected as
+  two branches after it; every batch has the most rows any batch needs (one
+  shape, one compile), and the default row length (a multiple of 128 from the
+  longest pair up) is the one with the smallest rows x length budget.
 Throughput is real tokens/s for every side: the non-padding tokens of the pairs'
 two sequences (2 x prompt + chosen + rejected), whichever layout processes them.
 """
@@ -276,12 +277,18 @@ def packed_batches(batches, pack_length: int = 0) -> list[dict]:
                      category=np.int32(0))
             pairs.append(p)
         compact.append(pairs)
-    longest = max(len(p["ids"]) for pairs in compact for p in pairs)
-    row = pack_length or -(-longest // 128) * 128
-    probe = packing.PackingLayout(row_length=row, pairs_per_row=len(compact[0]), rows=1)
-    rows = [packing.pack_rows([(len(p["ids"]), 0) for p in pairs], probe) for pairs in compact]
-    layout = packing.PackingLayout(row_length=row, pairs_per_row=probe.pairs_per_row,
-                                   rows=max(len(r) for r in rows))
+    longest = -(-max(len(p["ids"]) for pairs in compact for p in pairs) // 128) * 128
+
+    def plan(row: int):
+        probe = packing.PackingLayout(row_length=row, pairs_per_row=len(compact[0]), rows=1)
+        rows = [packing.pack_rows([(len(p["ids"]), 0) for p in pairs], probe) for pairs in compact]
+        return max(len(r) for r in rows) * row, row, rows
+
+    # Every batch takes the same [R, row] shape (one compile): the row length (multiples of 128 from the
+    # longest pair up) whose R x row budget is the smallest, the shorter row on a tie.
+    _, row, rows = min((plan(pack_length),) if pack_length else (plan(longest * f) for f in range(1, 9)),
+                       key=lambda x: x[:2])
+    layout = packing.PackingLayout(row_length=row, pairs_per_row=len(compact[0]), rows=max(len(r) for r in rows))
     return [packing.collate([[pairs[i] for i in r] for r in rs], layout, indices=rs)
             for pairs, rs in zip(compact, rows)]
 
@@ -326,7 +333,7 @@ def main():
     p.add_argument("--length-scale", type=float, default=16.0, help="mmrlhf-like: divide every length by this")
     p.add_argument("--layouts", default="",
                    help="ours: padded and/or packed, comma-separated (default: padded; mmrlhf-like: padded,packed)")
-    p.add_argument("--pack-length", type=int, default=0, help="packed rows' tokens (0 = longest pair, to 128)")
+    p.add_argument("--pack-length", type=int, default=0, help="packed rows' tokens (0 = the smallest budget)")
     p.add_argument("--layout", default="padded", help=argparse.SUPPRESS)
     p.add_argument("--only", choices=("both", "jax", "trl"), default="both")
     p.add_argument("--verbose", type=int, default=0)
@@ -370,7 +377,7 @@ def main():
         out["settings"].update(seq=a.seq, prompt_len=a.prompt_len, tokens_per_step=int(real[0]))
     else:
         out["settings"].update(length_scale=a.length_scale, longest_sequence=max_seq(pairs),
-                               pack_length=a.pack_length or "longest pair, rounded up to 128")
+                               pack_length=a.pack_length or "the smallest rows x length budget")
     for side, rs in runs.items():
         if not rs or (a.only not in ("both", sides[side][0])):
             continue

@@ -61,7 +61,7 @@ def test_packed_multimodal_critic_pairs_give_the_unpacked_rm_loss_and_gradients(
     syn = Synthetic(str(tmp_path), kind="reward")
     ties = [i for i in range(len(syn.source)) if syn.source[i]["record"].is_tie][:2]
     indices = sorted(set(range(0, 30, 6)) | set(ties))
-    layout = syn.layout(rows=3, pairs_per_row=4)
+    layout = syn.layout(rows=4, pairs_per_row=4)
     unpacked, packed = syn.both(indices, layout)
     assert len(ties) == 2 and packed["is_tie"].sum() == 2 and packed["has_critique"].any()
     assert (packed["media_tiles"] > 0).sum(1).max() >= 2
