@@ -57,6 +57,9 @@ import time
 
 import numpy as np
 
+# This checkout's package, for the driver as for the workers (which get it on PYTHONPATH).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 VOCAB, HIDDEN, LAYERS, HEADS, KV_HEADS, MLP = 8192, 256, 4, 4, 2, 1024
 PAD, EOS, BOS, UNK = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<eos>", "<bos>", "<unk>")
@@ -101,6 +104,13 @@ def max_seq(pairs) -> int:
 
 def _step_times(times, warmup):
     return [round(t, 4) for t in times[warmup:]]
+
+
+def _token_counts(processed, nonpad, warmup) -> dict:
+    """Tokens a side's timed steps process per step (padding included) and the share of them that is padding."""
+    processed, nonpad = np.asarray(processed[warmup:], float), np.asarray(nonpad[warmup:], float)
+    return {"tokens_processed_per_step": round(float(processed.mean()), 1),
+            "padding_share": round(float(1 - nonpad.sum() / processed.sum()), 4)}
 
 
 # --------------------------------------------------------------------------- TRL side
@@ -182,15 +192,13 @@ def run_trl(a, workdir: str) -> dict:
     t_init = time.perf_counter() - t_init
     trainer.train()
     # The collated batches are exactly our token ids ([chosen; rejected] halves, right-padded).
-    padded_tokens = []
     for i, (got, mask) in enumerate(seen):
         rows = np.r_[i * a.batch:(i + 1) * a.batch, n + i * a.batch:n + (i + 1) * a.batch]
         if got.shape[0] != 2 * a.batch or any(not np.array_equal(got[j][mask[j] == 1], expected[r])
                                               for j, r in enumerate(rows)):
             raise AssertionError(f"TRL step {i}: batch input_ids {got.shape} differ from the generated pairs")
-        padded_tokens.append(int(got.size))
     return {"step_s": _step_times(timer.times, a.warmup), "losses": timer.losses,
-            "tokens_per_step_incl_padding": padded_tokens,
+            **_token_counts([got.size for got, _ in seen], [int(mask.sum()) for _, mask in seen], a.warmup),
             "init_and_ref_precompute_s": round(t_init, 2), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
             "attn_implementation": policy.config._attn_implementation, "optim": str(args.optim)}
@@ -244,7 +252,9 @@ def run_jax(a, workdir: str) -> dict:
             "losses": losses, "jax": jax.__version__, "backend": jax.default_backend(),
             "devices": jax.device_count(), "attention_impl": a.attention_impl, "remat": a.remat,
             "layout": a.layout, "batch_shape": list(batches[0]["input_ids"].shape),
-            "tokens_per_step_incl_padding": int(batches[0]["input_ids"].size)}
+            **_token_counts([b["input_ids"].size for b in batches],
+                            [int(np.count_nonzero(b["segment_ids" if "segment_ids" in b else "attention_mask"]))
+                             for b in batches], a.warmup)}
 
 
 def padded_pairs(pairs) -> dict:
@@ -383,12 +393,9 @@ def main():
             continue
         steps = [t for r in rs for t in r["step_s"]]
         rates = [tok / t for r in rs for tok, t in zip(real, r["step_s"])]  # real tokens / s of each timed step
-        padded = [x for r in rs for x in np.atleast_1d(r.get("tokens_per_step_incl_padding", 0))[a.warmup:]] \
-            if side == "trl" else [rs[0]["tokens_per_step_incl_padding"]]
         out[side] = {"step_s_median": round(statistics.median(steps), 4),
                      "tokens_per_s": round(statistics.median(rates), 1),
                      "step_s_min": min(steps), "step_s_per_run": [r["step_s"] for r in rs],
-                     "padding_share": round(1 - float(real.mean()) / float(np.mean(padded)), 3),
                      **{k: v for k, v in rs[0].items() if k not in ("step_s", "losses")},
                      "losses_first_run": [round(x, 6) for x in rs[0]["losses"]]}
     for side in list(sides)[1:]:

@@ -169,3 +169,22 @@ def test_one_pass_emits_every_pair_exactly_once():
             np.testing.assert_array_equal(batch["input_ids"][r][batch["segment_ids"][r] == k + 1], pairs[i]["ids"])
     assert sorted(seen) == list(range(70))
     assert deferred_once > 0  # some rows were carried over and still came out once
+
+
+def test_encoder_names_the_record_of_a_pair_longer_than_a_row(tmp_path):
+    from mm_rlhf_jax.data.errors import DataError
+    from mm_rlhf_jax.data.packed_example import PackedPairEncoder
+
+    from tests.train.packed_reference import Synthetic
+
+    syn = Synthetic(str(tmp_path))
+    pair0 = PackedPairEncoder(syn.encoder_cfg)(syn.source[0])
+    p, c, r = pair0["lengths"]
+    assert pair0["tiles"].dtype == np.uint8 and pair0["tiles"].shape[1:] == (3, 32, 32)
+    # The prefix holds the whole prompt with its media tokens; each branch ends in its response.
+    assert pair0["chosen_mask"][p:p + c].any() and pair0["rejected_mask"][p + c:].any()
+    assert (pair0["media_ordinal"][:p].max() + 1) == np.isin(pair0["ids"][:p], (5, 6)).sum()
+    with pytest.raises(DataError, match=r"dpo_pairs\.jsonl:\d+.*prompt.*data\.pack_length=50"):
+        PackedPairEncoder(syn.encoder_cfg, row_length=50)(syn.source[0])
+    with pytest.raises(DataError, match=r"dpo_pairs\.jsonl:\d+.*tiles > the 1 tiles a packed row holds"):
+        PackedPairEncoder(syn.encoder_cfg, max_row_tiles=1)(syn.source[0])

@@ -80,7 +80,7 @@ def rm_loss(module, params, batch, rng, c: ml_collections.ConfigDict, n: dict, *
     w = pair_weights(batch)
     flat = lambda x: None if x is None else jnp.asarray(x).reshape(-1)  # noqa: E731  packed [R, K] -> [R * K]
     is_tie, has_critique = flat(batch["is_tie"]), flat(batch.get("has_critique"))
-    if w is not None:  # an empty slot's reward is read at index 0: keep it finite-free of the loss
+    if w is not None:  # an empty slot's "reward" is the head at its row's token 0: zeroed, weighted out
         rewards = jnp.where(w[:, None] > 0, rewards, 0.0)
     terms = reward_losses.reward_loss_terms(rewards[:, 0], rewards[:, 1], is_tie=is_tie, critique_nll=nll,
                                             has_critique=has_critique, weight=w)
