@@ -61,6 +61,10 @@ the keys, at exactly the positions, it has in its unpacked sequence.
 Every per-pair sum is taken over the tokens of one slot, and the losses divide by counts
 of valid slots and masked tokens of the whole batch, so a packed batch gives exactly the
 losses and gradients of the same pairs unpacked (tests/algorithms/*/test_packed_step.py).
+LongPO's samples (data/longpo/samples.py) are the one-pair-per-row case of this layout (a
+shared document prompt, two branches, `prompt_last` / `rejected_first` for pred_pos) with
+short-context reference inputs beside it; a second 128K-token sample never fits a row, so
+they keep their own keys.
 """
 
 from typing import TypedDict
