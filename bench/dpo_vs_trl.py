@@ -1,6 +1,7 @@
 """DPO training throughput on CPU: this project's jitted DPO step against TRL's DPOTrainer.
 
   python bench/dpo_vs_trl.py [--steps 8 --warmup 2 --rounds 2 --threads 2]
+  python bench/dpo_vs_trl.py --lengths mmrlhf-like [--length-scale 16]    # packed vs padded vs TRL
 
 Both sides train the same tiny Qwen2-architecture policy (hidden 256, 4 layers,
 4 query / 2 KV heads, MLP 1024, vocab 8192, f32) from the same initial weights on
@@ -25,6 +26,23 @@ are compile / warm-up and are not timed. The figure is the median over all timed
 steps of all rounds. The per-step losses of the two sides are compared (same
 weights, data, optimizer: they must agree), so the two do the same work.
 Prints one JSON object.
+
+`--lengths mmrlhf-like` replaces the fixed lengths by the MM-RLHF-like mix of
+`data/synthetic/length_mix.py` (prefix = chat template + LLaVA-OV-7B image
+tokens + a 20-300-word prompt, responses 50-600 tokens), every length divided
+by `--length-scale` (default 16, so a CPU step stays near the fixed mode's
+8K padded tokens; the prompt-to-response ratios are kept). The text model sees
+the image tokens as prompt tokens. Three sides then train on the same pairs in
+the same batches of `--batch` pairs:
+- trl: DPOTrainer, each batch right-padded to its longest sequence;
+- jax:padded: ours on [B, 2, T], T = the longest sequence of all pairs (one compile);
+- jax:packed: ours on packed rows (data/packing.py): each batch's pairs packed into
+  rows of `--pack-length` tokens, the prompt once per pair and chosen / rejected as
+  two branches after it; every batch has the most rows any batch needs (one
+  shape, one compile), and the default row length (a multiple of 128 from the
+  longest pair up) is the one with the smallest rows x length budget.
+Throughput is real tokens/s for every side: the non-padding tokens of the pairs'
+two sequences (2 x prompt + chosen + rejected), whichever layout processes them.
 """
 
 import argparse
@@ -38,6 +56,9 @@ import tempfile
 import time
 
 import numpy as np
+
+# This checkout's package, for the driver as for the workers (which get it on PYTHONPATH).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 VOCAB, HIDDEN, LAYERS, HEADS, KV_HEADS, MLP = 8192, 256, 4, 4, 2, 1024
 PAD, EOS, BOS, UNK = 0, 1, 2, 3
@@ -53,8 +74,43 @@ def make_pairs(n: int, prompt_len: int, response_len: int, seed: int = 0) -> dic
     return {"prompt": words(n, prompt_len), "chosen": chosen, "rejected": rejected}
 
 
+def bench_pairs(a, n: int) -> dict:
+    """Lists of int32 prompt / chosen / rejected arrays (responses end in EOS): fixed or mmrlhf-like lengths."""
+    if a.lengths == "fixed":
+        fixed = make_pairs(n, a.prompt_len, a.seq - a.prompt_len)
+        return {k: list(v) for k, v in fixed.items()}
+    from mm_rlhf_jax.data.synthetic import length_mix
+
+    rng = np.random.default_rng(0)
+    out = {"prompt": [], "chosen": [], "rejected": []}
+    for p in length_mix.sample(n, seed=0):
+        for key, length in (("prompt", p.prefix), ("chosen", p.chosen), ("rejected", p.rejected)):
+            ids = rng.integers(len(SPECIALS), VOCAB, max(2, round(length / a.length_scale))).astype(np.int32)
+            if key != "prompt":
+                ids[-1] = EOS
+            out[key].append(ids)
+    return out
+
+
+def sequences(pairs) -> list[np.ndarray]:
+    """[prompt + chosen for each pair] + [prompt + rejected for each pair] (TRL's batch order)."""
+    return ([np.concatenate([p, c]) for p, c in zip(pairs["prompt"], pairs["chosen"])]
+            + [np.concatenate([p, r]) for p, r in zip(pairs["prompt"], pairs["rejected"])])
+
+
+def max_seq(pairs) -> int:
+    return max(len(x) for x in sequences(pairs))
+
+
 def _step_times(times, warmup):
     return [round(t, 4) for t in times[warmup:]]
+
+
+def _token_counts(processed, nonpad, warmup) -> dict:
+    """Tokens a side's timed steps process per step (padding included) and the share of them that is padding."""
+    processed, nonpad = np.asarray(processed[warmup:], float), np.asarray(nonpad[warmup:], float)
+    return {"tokens_processed_per_step": round(float(processed.mean()), 1),
+            "padding_share": round(float(1 - nonpad.sum() / processed.sum()), 4)}
 
 
 # --------------------------------------------------------------------------- TRL side
@@ -78,8 +134,11 @@ def run_trl(a, workdir: str) -> dict:
     tk.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
                                   unk_token="<unk>")
+    n = a.batch * (a.warmup + a.steps)
+    pairs = bench_pairs(a, n)
+    seq = max_seq(pairs)
     cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=MLP, num_hidden_layers=LAYERS,
-                      num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=2 * a.seq,
+                      num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=2 * seq,
                       tie_word_embeddings=False, pad_token_id=PAD, eos_token_id=EOS, bos_token_id=BOS)
     policy = Qwen2ForCausalLM(cfg).float()
     init_dir = os.path.join(workdir, "init")
@@ -88,8 +147,6 @@ def run_trl(a, workdir: str) -> dict:
     else:
         policy = Qwen2ForCausalLM.from_pretrained(init_dir, local_files_only=True).float()
 
-    n = a.batch * (a.warmup + a.steps)
-    pairs = make_pairs(n, a.prompt_len, a.seq - a.prompt_len)
     text = lambda ids: " ".join(f"w{i}" for i in ids)  # noqa: E731
     ds = datasets.Dataset.from_dict({
         "prompt": [text(p) for p in pairs["prompt"]],
@@ -101,19 +158,17 @@ def run_trl(a, workdir: str) -> dict:
         output_dir=os.path.join(workdir, "trl_out"), per_device_train_batch_size=a.batch,
         max_steps=a.warmup + a.steps, learning_rate=a.lr, lr_scheduler_type="constant", warmup_steps=0,
         weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, max_grad_norm=1.0,
-        beta=a.beta, loss_type=["sigmoid"], max_length=a.seq, precompute_ref_log_probs=True,
+        beta=a.beta, loss_type=["sigmoid"], max_length=seq, precompute_ref_log_probs=True,
         gradient_checkpointing=False, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
         bf16=False, fp16=False, dataloader_num_workers=0, seed=0, disable_dropout=True,
         train_sampling_strategy="sequential", disable_tqdm=True)
 
-    expected = np.concatenate([
-        np.concatenate([pairs["prompt"], pairs["chosen"]], 1),
-        np.concatenate([pairs["prompt"], pairs["rejected"]], 1)])
+    expected = sequences(pairs)
     seen = []
 
     class Trainer(trl.DPOTrainer):
         def compute_loss(self, model, inputs, *args, **kwargs):
-            seen.append(inputs["input_ids"].numpy().copy())
+            seen.append((inputs["input_ids"].numpy().copy(), inputs["attention_mask"].numpy().copy()))
             return super().compute_loss(model, inputs, *args, **kwargs)
 
     class Timer(TrainerCallback):
@@ -136,12 +191,14 @@ def run_trl(a, workdir: str) -> dict:
                       callbacks=[timer])
     t_init = time.perf_counter() - t_init
     trainer.train()
-    # The collated batches are exactly our token ids ([chosen; rejected] halves, no padding).
-    for i, got in enumerate(seen):
+    # The collated batches are exactly our token ids ([chosen; rejected] halves, right-padded).
+    for i, (got, mask) in enumerate(seen):
         rows = np.r_[i * a.batch:(i + 1) * a.batch, n + i * a.batch:n + (i + 1) * a.batch]
-        if got.shape != (2 * a.batch, a.seq) or not np.array_equal(got, expected[rows]):
+        if got.shape[0] != 2 * a.batch or any(not np.array_equal(got[j][mask[j] == 1], expected[r])
+                                              for j, r in enumerate(rows)):
             raise AssertionError(f"TRL step {i}: batch input_ids {got.shape} differ from the generated pairs")
     return {"step_s": _step_times(timer.times, a.warmup), "losses": timer.losses,
+            **_token_counts([got.size for got, _ in seen], [int(mask.sum()) for _, mask in seen], a.warmup),
             "init_and_ref_precompute_s": round(t_init, 2), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
             "attn_implementation": policy.config._attn_implementation, "optim": str(args.optim)}
@@ -166,14 +223,11 @@ def run_jax(a, workdir: str) -> dict:
     module, params = hf.load_pretrained(os.path.join(workdir, "init"), jnp.float32,
                                         attention_impl=a.attention_impl, remat=a.remat)
     n = a.batch * (a.warmup + a.steps)
-    pairs = make_pairs(n, a.prompt_len, a.seq - a.prompt_len)
-    ids = np.stack([np.concatenate([pairs["prompt"], pairs["chosen"]], 1),
-                    np.concatenate([pairs["prompt"], pairs["rejected"]], 1)], axis=1)  # [n, 2, T]
-    loss_mask = np.zeros(ids.shape, np.int32)
-    loss_mask[..., a.prompt_len:] = 1  # token t is scored from position t - 1
-    batches = [{"input_ids": jnp.asarray(ids[i:i + a.batch]),
-                "attention_mask": jnp.ones((a.batch, 2, a.seq), jnp.int32),
-                "loss_mask": jnp.asarray(loss_mask[i:i + a.batch])} for i in range(0, n, a.batch)]
+    padded = padded_pairs(bench_pairs(a, n))
+    batches = [{k: v[i:i + a.batch] for k, v in padded.items()} for i in range(0, n, a.batch)]
+    if a.layout == "packed":
+        batches = packed_batches(batches, a.pack_length)
+    batches = [{k: jnp.asarray(v) for k, v in b.items()} for b in batches]
 
     logps_fn = jax.jit(functools.partial(dpo_step.policy_logps_step, module=module))
     for b in batches:  # reference = the initial policy, cached once (as algorithms/mm_dpo/run.py)
@@ -196,7 +250,57 @@ def run_jax(a, workdir: str) -> dict:
         losses.append(loss)
     return {"step_s": _step_times(times, a.warmup), "compile_and_first_step_s": round(times[0], 2),
             "losses": losses, "jax": jax.__version__, "backend": jax.default_backend(),
-            "devices": jax.device_count(), "attention_impl": a.attention_impl, "remat": a.remat}
+            "devices": jax.device_count(), "attention_impl": a.attention_impl, "remat": a.remat,
+            "layout": a.layout, "batch_shape": list(batches[0]["input_ids"].shape),
+            **_token_counts([b["input_ids"].size for b in batches],
+                            [int(np.count_nonzero(b["segment_ids" if "segment_ids" in b else "attention_mask"]))
+                             for b in batches], a.warmup)}
+
+
+def padded_pairs(pairs) -> dict:
+    """The [n, 2, T] layout of the pairs (T = the longest sequence, rounded up to 8): right-padded with PAD."""
+    n, t = len(pairs["prompt"]), -(-max_seq(pairs) // 8) * 8
+    ids = np.full((n, 2, t), PAD, np.int32)
+    att = np.zeros((n, 2, t), np.int32)
+    loss = np.zeros((n, 2, t), np.float32)
+    for i, p in enumerate(pairs["prompt"]):
+        for j, resp in enumerate((pairs["chosen"][i], pairs["rejected"][i])):
+            ids[i, j, :len(p) + len(resp)] = np.concatenate([p, resp])
+            att[i, j, :len(p) + len(resp)] = 1
+            loss[i, j, len(p):len(p) + len(resp)] = 1.0  # token t is scored from position t - 1
+    return {"input_ids": ids, "attention_mask": att, "loss_mask": loss}
+
+
+def packed_batches(batches, pack_length: int = 0) -> list[dict]:
+    """Each [B, 2, T] batch's pairs packed into rows (data/packing.py); every batch gets the most rows any needs."""
+    from mm_rlhf_jax.data import packing
+    from mm_rlhf_jax.data.packed_example import compact_tokens
+
+    compact = []
+    for b in batches:
+        pairs = []
+        for i in range(b["input_ids"].shape[0]):
+            p = compact_tokens(b["input_ids"][i], b["attention_mask"][i], b["loss_mask"][i])
+            p.update(tiles=np.zeros((0, 3, 1, 1), np.uint8), image_size=np.zeros(2, np.int32),
+                     is_video=np.bool_(False), delta=np.float32(0), ref_logps=np.zeros(2, np.float32),
+                     is_tie=np.bool_(False), has_critique=np.bool_(False), query_id=np.int32(i),
+                     category=np.int32(0))
+            pairs.append(p)
+        compact.append(pairs)
+    longest = -(-max(len(p["ids"]) for pairs in compact for p in pairs) // 128) * 128
+
+    def plan(row: int):
+        probe = packing.PackingLayout(row_length=row, pairs_per_row=len(compact[0]), rows=1)
+        rows = [packing.pack_rows([(len(p["ids"]), 0) for p in pairs], probe) for pairs in compact]
+        return max(len(r) for r in rows) * row, row, rows
+
+    # Every batch takes the same [R, row] shape (one compile): the row length (multiples of 128 from the
+    # longest pair up) whose R x row budget is the smallest, the shorter row on a tie.
+    _, row, rows = min((plan(pack_length),) if pack_length else (plan(longest * f) for f in range(1, 9)),
+                       key=lambda x: x[:2])
+    layout = packing.PackingLayout(row_length=row, pairs_per_row=len(compact[0]), rows=max(len(r) for r in rows))
+    return [packing.collate([[pairs[i] for i in r] for r in rs], layout, indices=rs)
+            for pairs, rs in zip(compact, rows)]
 
 
 # --------------------------------------------------------------------------- driver
@@ -234,6 +338,13 @@ def main():
     p.add_argument("--attention-impl", default="auto",
                    help="ours: kernels.attention impl; a comma list runs ours once per impl (e.g. xla,reference)")
     p.add_argument("--remat", default="none", help="ours: none | full | dots")
+    p.add_argument("--lengths", choices=("fixed", "mmrlhf-like"), default="fixed",
+                   help="fixed: --prompt-len / --seq; mmrlhf-like: data/synthetic/length_mix.py / --length-scale")
+    p.add_argument("--length-scale", type=float, default=16.0, help="mmrlhf-like: divide every length by this")
+    p.add_argument("--layouts", default="",
+                   help="ours: padded and/or packed, comma-separated (default: padded; mmrlhf-like: padded,packed)")
+    p.add_argument("--pack-length", type=int, default=0, help="packed rows' tokens (0 = the smallest budget)")
+    p.add_argument("--layout", default="padded", help=argparse.SUPPRESS)
     p.add_argument("--only", choices=("both", "jax", "trl"), default="both")
     p.add_argument("--verbose", type=int, default=0)
     p.add_argument("--side", choices=("jax", "trl"), help=argparse.SUPPRESS)
@@ -247,39 +358,59 @@ def main():
         return
 
     t_start = time.time()
+    layouts = (a.layouts or ("padded,packed" if a.lengths == "mmrlhf-like" else "padded")).split(",")
+    impls = a.attention_impl.split(",")
+    # side name -> (worker kind, layout, impl); "jax:<impl>" is the padded layout, as before packing existed.
+    sides = {"trl": ("trl", "padded", impls[0])}
+    sides.update({f"jax:{i}" if lay == "padded" else f"jax:{lay}:{i}": ("jax", lay, i)
+                  for lay in layouts for i in impls})
     with tempfile.TemporaryDirectory() as workdir:
-        impls = a.attention_impl.split(",")
-        sides = ["trl"] + [f"jax:{i}" for i in impls]
         runs = {s: [] for s in sides}
         for _ in range(a.rounds):
             # TRL first in every round: its first run writes the initial weights both sides load.
-            for side in sides:
-                kind = side.split(":")[0]
+            for side, (kind, layout, impl) in sides.items():
                 if a.only in ("both", kind) or (kind == "trl" and not runs["trl"]):
-                    sub = argparse.Namespace(**{**vars(a), "attention_impl": side.partition(":")[2] or impls[0]})
+                    sub = argparse.Namespace(**{**vars(a), "attention_impl": impl, "layout": layout})
                     runs[side].append(_worker(sub, kind, workdir))
-    tokens = a.batch * 2 * a.seq
+    # Real tokens of every step: the non-padding tokens of its pairs' two sequences (the same for every side).
+    pairs = bench_pairs(a, a.batch * (a.warmup + a.steps))
+    lengths = np.array([len(x) for x in sequences(pairs)]).reshape(2, -1).sum(0)
+    real = lengths.reshape(-1, a.batch).sum(1)[a.warmup:]
     out = {"settings": {"hidden": HIDDEN, "layers": LAYERS, "heads": HEADS, "kv_heads": KV_HEADS,
-                        "intermediate": MLP, "vocab": VOCAB, "seq": a.seq, "prompt_len": a.prompt_len,
-                        "batch_pairs": a.batch, "tokens_per_step": tokens, "dtype": "float32",
+                        "intermediate": MLP, "vocab": VOCAB, "lengths": a.lengths, "batch_pairs": a.batch,
+                        "real_tokens_per_step_mean": round(float(real.mean()), 1), "dtype": "float32",
                         "timed_steps_per_run": a.steps, "warmup_steps": a.warmup, "rounds": a.rounds,
                         "threads": a.threads, "lr": a.lr, "beta": a.beta},
            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]}}
+    if a.lengths == "fixed":
+        out["settings"].update(seq=a.seq, prompt_len=a.prompt_len, tokens_per_step=int(real[0]))
+    else:
+        out["settings"].update(length_scale=a.length_scale, longest_sequence=max_seq(pairs),
+                               pack_length=a.pack_length or "the smallest rows x length budget")
     for side, rs in runs.items():
-        if not rs or (a.only not in ("both", side.split(":")[0])):
+        if not rs or (a.only not in ("both", sides[side][0])):
             continue
         steps = [t for r in rs for t in r["step_s"]]
-        med = statistics.median(steps)
-        out[side] = {"step_s_median": round(med, 4), "tokens_per_s": round(tokens / med, 1),
+        rates = [tok / t for r in rs for tok, t in zip(real, r["step_s"])]  # real tokens / s of each timed step
+        out[side] = {"step_s_median": round(statistics.median(steps), 4),
+                     "tokens_per_s": round(statistics.median(rates), 1),
                      "step_s_min": min(steps), "step_s_per_run": [r["step_s"] for r in rs],
                      **{k: v for k, v in rs[0].items() if k not in ("step_s", "losses")},
                      "losses_first_run": [round(x, 6) for x in rs[0]["losses"]]}
-    for side in sides[1:]:
+    for side in list(sides)[1:]:
         if side in out and "trl" in out:
             out[side]["ratio_ours_over_trl"] = round(out[side]["tokens_per_s"] / out["trl"]["tokens_per_s"], 3)
             lj, lt = runs[side][0]["losses"], runs["trl"][0]["losses"]
             out[side]["max_abs_loss_diff_vs_trl"] = float(np.max(np.abs(np.asarray(lj) - np.asarray(lt))))
+    packed, padded = f"jax:packed:{impls[0]}", f"jax:{impls[0]}"
+    if packed in out and "trl" in out:
+        out["ratio_packed_over_trl"] = out[packed]["ratio_ours_over_trl"]
+        out["max_abs_loss_diff_vs_trl"] = out[packed]["max_abs_loss_diff_vs_trl"]
+    if padded in out and "trl" in out:
+        out["ratio_padded_over_trl"] = out[padded]["ratio_ours_over_trl"]
+    if packed in out and padded in out:
+        out["ratio_packed_over_padded"] = round(out[packed]["tokens_per_s"] / out[padded]["tokens_per_s"], 3)
     out["wall_s"] = round(time.time() - t_start, 1)
     print(json.dumps(out, indent=1))
 

@@ -140,6 +140,15 @@ def pair_data_block(**overrides) -> CD:
         eval_batch_size=16,  # global, in pairs (reference precompute, evals, scoring)
         num_workers=0,  # grain worker processes
         seed=0,  # shuffle seed
+        # Packed pairs (data/packing.py): rows of pack_length tokens holding up to pairs_per_row pairs, each
+        # pair's prompt once and chosen / rejected as two branches after it, media tiles bucketed per row.
+        # Same losses as the [B, 2, T] layout, with the prompt (and its image tokens) computed once per pair.
+        packing=False,
+        pack_length=0,  # tokens per row (0 = 2 * max_length: any pair of two max_length sequences fits)
+        pairs_per_row=8,  # pair slots per row
+        pack_rows=8,  # global rows per batch when packing (train steps, reference precompute, evals)
+        pack_window=0,  # pairs read per packing round (0 = 4 * pairs_per_row * rows per process)
+        pack_tiles=0,  # media tiles a row holds (0 = pairs_per_row * the most tiles one image or video has)
     ), overrides)
 
 

@@ -80,8 +80,8 @@ class ExampleEncoder:
             raise DataError(where, field, f"tokenizer {self.cfg.tokenizer_path!r} has no single-id {token} token")
         return ident
 
-    def _image(self, element, rec):
-        cfg = self.cfg
+    def _image_rgb(self, element, rec) -> np.ndarray:
+        """The record's image as uint8[H, W, 3] (stored pixels, or read from media_root)."""
         pixels = element.get("image")
         if pixels is None:
             path = os.path.join(element["media_root"], rec.image)
@@ -89,27 +89,41 @@ class ExampleEncoder:
                 pixels = image_lib.load_image(path)
             except (OSError, ValueError) as e:
                 raise DataError(rec.where, "image", f"unreadable image {path!r}: {e}") from None
-        pv, size = image_lib.preprocess_image(pixels, cfg.image)
-        if pv.shape[0] > cfg.patches:
-            raise DataError(rec.where, "image", f"image of size {size} gives {pv.shape[0]} patches > "
+        return image_lib.to_rgb_array(pixels)
+
+    def _image_tiles(self, element, rec):
+        """(uint8[P, tile, tile, 3] anyres tiles, (H, W), Media) of the record's image; P checked."""
+        cfg = self.cfg
+        rgb = self._image_rgb(element, rec)
+        tiles, size = image_lib.anyres_tiles(rgb, cfg.image), (int(rgb.shape[0]), int(rgb.shape[1]))
+        if tiles.shape[0] > cfg.patches:
+            raise DataError(rec.where, "image", f"image of size {size} gives {tiles.shape[0]} patches > "
                                                 f"max_patches={cfg.patches}")
         count = image_lib.num_image_tokens(size, cfg.image, cfg.patch_size, cfg.vision_aspect_ratio)
-        media = Media(IMAGE_TOKEN, self._media_token_id(IMAGE_TOKEN, rec.where, "image"), count, "image")
-        return image_lib.pad_patches(pv, cfg.patches), size, media
+        return tiles, size, Media(IMAGE_TOKEN, self._media_token_id(IMAGE_TOKEN, rec.where, "image"), count, "image")
 
-    def _video(self, element, rec):
+    def _image(self, element, rec):
+        tiles, size, media = self._image_tiles(element, rec)
+        return image_lib.pad_patches(image_lib.normalize(tiles, self.cfg.image), self.cfg.patches), size, media
+
+    def _video_frames(self, element, rec):
+        """(uint8[F, tile, tile, 3] sampled, resized frames, Media) of the record's video."""
         cfg = self.cfg
         frames = element.get("video")
         if frames is None:
             folder = os.path.join(element["media_root"], rec.video)
-            pv = video_lib.load_video(folder, cfg.image, cfg.num_frames, where=rec.where)
+            frames = video_lib.load_frames(folder, cfg.num_frames, where=rec.where)
         else:
             if len(frames) == 0:
                 raise DataError(rec.where, "video", "the stored video has no frames")
-            idx = video_lib.sample_frame_indices(len(frames), cfg.num_frames)
-            pv = video_lib.preprocess_frames([frames[i] for i in idx], cfg.image)
+            frames = [frames[i] for i in video_lib.sample_frame_indices(len(frames), cfg.num_frames)]
         count = video_lib.num_video_tokens(cfg.num_frames, cfg.image, cfg.patch_size)
-        return pv, Media(VIDEO_TOKEN, self._media_token_id(VIDEO_TOKEN, rec.where, "video"), count, "video")
+        return (video_lib.resize_frames(frames, cfg.image),
+                Media(VIDEO_TOKEN, self._media_token_id(VIDEO_TOKEN, rec.where, "video"), count, "video"))
+
+    def _video(self, element, rec):
+        frames, media = self._video_frames(element, rec)
+        return image_lib.normalize(frames, self.cfg.image), media
 
     def media_arrays(self, element: dict, rec) -> tuple[dict, Media | None]:
         """Fixed-shape pixel arrays of the record's image/video (zeros when absent) and its Media.

@@ -87,14 +87,22 @@ def host_shard(ds: grain.MapDataset, index: int, count: int) -> grain.MapDataset
     return ds[:n][index::count]
 
 
-def make_dataset(source, encoder_cfg: EncoderConfig, cfg: PipelineConfig) -> grain.MapDataset:
-    """The batched MapDataset (random access: `ds[i]` is batch i)."""
+def make_examples(source, encoder, cfg: PipelineConfig) -> grain.MapDataset:
+    """The encoded, unbatched MapDataset (random access: `ds[i]` is the i-th example of the stream).
+
+    encoder: a picklable element -> example callable (ExampleEncoder, or packed_example.PackedPairEncoder).
+    """
     ds = host_shard(grain.MapDataset.source(source), *cfg.shard())
     if cfg.shuffle:
         ds = ds.shuffle(seed=cfg.seed)
     ds = ds.repeat(cfg.num_epochs)
-    ds = ds.map(_Encode(ExampleEncoder(encoder_cfg)))
-    return ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
+    return ds.map(_Encode(encoder))
+
+
+def make_dataset(source, encoder_cfg: EncoderConfig, cfg: PipelineConfig) -> grain.MapDataset:
+    """The batched MapDataset (random access: `ds[i]` is batch i)."""
+    return make_examples(source, ExampleEncoder(encoder_cfg), cfg).batch(cfg.batch_size,
+                                                                         drop_remainder=cfg.drop_remainder)
 
 
 def make_iterator(source, encoder_cfg: EncoderConfig, cfg: PipelineConfig):

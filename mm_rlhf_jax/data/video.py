@@ -41,11 +41,15 @@ def load_frames(folder: str, num_frames: int = DEFAULT_NUM_FRAMES, *, where: Whe
     return out
 
 
+def resize_frames(frames, cfg: images.ImageProcessorConfig) -> np.ndarray:
+    """Frames (PIL or uint8 [H, W, 3], sizes may differ) -> uint8[F, tile, tile, 3]."""
+    t = cfg.tile_size
+    return np.stack([images.resize(images.to_rgb_array(f), (t, t), cfg.resample) for f in frames])
+
+
 def preprocess_frames(frames, cfg: images.ImageProcessorConfig) -> np.ndarray:
     """Frames (PIL or uint8 [H, W, 3], sizes may differ) -> f32[F, 3, tile, tile]."""
-    t = cfg.tile_size
-    tiles = np.stack([images.resize(images.to_rgb_array(f), (t, t), cfg.resample) for f in frames])
-    return images.normalize(tiles, cfg)
+    return images.normalize(resize_frames(frames, cfg), cfg)
 
 
 def load_video(folder: str, cfg: images.ImageProcessorConfig, num_frames: int = DEFAULT_NUM_FRAMES, *,

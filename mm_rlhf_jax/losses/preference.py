@@ -94,16 +94,22 @@ def dpo_loss(
     return losses, chosen_rewards, rejected_rewards
 
 
+def reward_terms(chosen_rewards, rejected_rewards, policy_chosen_logps, policy_rejected_logps) -> dict:
+    """Per-pair values (f32[B]) whose means are `reward_metrics` (for weighted or masked means)."""
+    return {
+        "rewards/chosen": chosen_rewards,
+        "rewards/rejected": rejected_rewards,
+        "rewards/margin": chosen_rewards - rejected_rewards,
+        "rewards/accuracy": (chosen_rewards > rejected_rewards).astype(jnp.float32),
+        "logps/chosen": policy_chosen_logps,
+        "logps/rejected": policy_rejected_logps,
+    }
+
+
 def reward_metrics(chosen_rewards, rejected_rewards, policy_chosen_logps, policy_rejected_logps) -> dict:
     """Batch means of the implicit rewards, their margin and accuracy, and the policy log-probs (all f32[B])."""
-    return {
-        "rewards/chosen": jnp.mean(chosen_rewards),
-        "rewards/rejected": jnp.mean(rejected_rewards),
-        "rewards/margin": jnp.mean(chosen_rewards - rejected_rewards),
-        "rewards/accuracy": jnp.mean((chosen_rewards > rejected_rewards).astype(jnp.float32)),
-        "logps/chosen": jnp.mean(policy_chosen_logps),
-        "logps/rejected": jnp.mean(policy_rejected_logps),
-    }
+    terms = reward_terms(chosen_rewards, rejected_rewards, policy_chosen_logps, policy_rejected_logps)
+    return {k: jnp.mean(v) for k, v in terms.items()}
 
 
 def dynamic_beta(delta, *, beta, w, k):

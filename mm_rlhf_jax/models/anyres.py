@@ -230,9 +230,18 @@ def image_token_sources(layout: dict, ordinal, patches_per_side: int):
       [tile * side^2 + patch], weights f32[B, T, 4] (bilinear taps, summing to 1),
       newline bool[B, T].
     """
+    return token_sources({k: v[:, None] for k, v in layout.items()}, ordinal, patches_per_side)  # broadcast over T
+
+
+def token_sources(layout: dict, ordinal, patches_per_side: int):
+    """`image_token_sources` with a layout already per token (each entry int32[B, T] or broadcastable to it).
+
+    Packed rows hold several images, so each token brings its own image's layout
+    (gathered by the VLM from the per-image `image_layout_jnp`).
+    """
     side = patches_per_side
     s2 = side * side
-    g = {k: v[:, None] for k, v in layout.items()}  # broadcast over T
+    g = layout
     j = jnp.maximum(ordinal - s2, 0)
     out_w1 = g["out_w"] + 1
     row, col = j // out_w1, j % out_w1

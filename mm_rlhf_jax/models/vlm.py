@@ -20,6 +20,8 @@ surplus tokens read clipped indices, so validate batches on the host.
 
 `encode_vision` and `embed_multimodal` are separable so training can run the
 tower once per prompt and reuse the features for chosen and rejected sequences.
+Packed rows (several pairs, each with its own image or video) take
+`packed_media` instead (`embed_packed`, models/packed_media.py).
 """
 
 import dataclasses
@@ -33,6 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mm_rlhf_jax.models import anyres, layers
+from mm_rlhf_jax.models import packed_media as media_lib
+from mm_rlhf_jax.models.packed_media import PackedMedia
 from mm_rlhf_jax.models.config import DecoderConfig
 from mm_rlhf_jax.models import decoder as decoder_lib
 from mm_rlhf_jax.models.decoder import Decoder
@@ -237,6 +241,33 @@ class LlavaOnevision(nn.Module):
             x = jnp.where(is_vid[..., None], emb.astype(x.dtype), x)
         return x
 
+    def embed_packed(self, input_ids, media: PackedMedia):
+        """int[R, T] + the rows' media -> inputs_embeds [R, T, E]: the tower runs once over every tile of a row,
+        and each media token reads its own pair's features (models/packed_media.py)."""
+        cfg = self.config
+        v = cfg.vision
+        x = self.language_model.embed(input_ids)
+        pixels = media_lib.decode_pixels(media.pixel_values, media.pixel_affine)
+        r, n = pixels.shape[:2]
+        feats = self._features(pixels.reshape((r * n,) + pixels.shape[2:]))  # [R * N, side^2, E]
+        newline = self.image_newline.astype(jnp.float32)
+        tiles = feats.reshape(r, n * feats.shape[1], feats.shape[2])
+        is_img = input_ids == cfg.image_token_id
+        idx, w, is_newline = media_lib.image_sources(media, cfg.image_grid_pinpoints, v.image_size,
+                                                        v.patches_per_side, cfg.max_tiles)
+        emb = sum(w[..., k, None] * _gather_rows(tiles, idx[..., k]).astype(jnp.float32) for k in range(4))
+        emb = jnp.where(is_newline[..., None], newline, emb)
+        x = jnp.where(is_img[..., None], emb.astype(x.dtype), x)
+        if media.with_video:
+            side, ps = v.patches_per_side, cfg.pooled_side
+            grid = feats.reshape(r * n, side, side, feats.shape[-1]).astype(jnp.float32)
+            pool = jnp.asarray(anyres.bilinear_matrix(side, ps))
+            pooled = jnp.einsum("py,nyxe,qx->npqe", pool, grid, pool).reshape(r, n * ps * ps, -1)
+            vidx, vnewline = media_lib.video_sources(media, ps)
+            emb = jnp.where(vnewline[..., None], newline, _gather_rows(pooled, vidx))
+            x = jnp.where((input_ids == cfg.video_token_id)[..., None], emb.astype(x.dtype), x)
+        return x
+
     def _check(self, input_ids, image_sizes, num_tiles, num_frames):
         """Eager-only validation (skipped when traced; see the module docstring)."""
         if self.is_initializing():
@@ -276,12 +307,20 @@ class LlavaOnevision(nn.Module):
         branch_ids=None,
         cache: KVCache | None = None,
         compute_logits: bool = True,
+        packed_media: PackedMedia | None = None,
     ) -> ModelOutput:
         """Full forward: `encode_vision` (unless `vision_features` is given), merge, decoder.
 
+        packed_media: the media of packed rows (replaces pixel_values / vision_features).
         Returns ModelOutput(logits f32[B, T, V] or None, hidden_states [B, T, E], cache).
         """
         check = True
+        if packed_media is not None:
+            x = self.embed_packed(input_ids, packed_media)
+            return self.language_model(
+                inputs_embeds=x, attention_mask=attention_mask, positions=positions, segment_ids=segment_ids,
+                branch_ids=branch_ids, cache=cache, compute_logits=compute_logits,
+            )
         if vision_features is None and (pixel_values is not None or pixel_values_videos is not None):
             # Validate before spending the vision tower's compute.
             self._check(input_ids, image_sizes, None if pixel_values is None else pixel_values.shape[1],

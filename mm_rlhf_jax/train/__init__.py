@@ -6,5 +6,7 @@ phase.py                              the run context and the phase runner every
 model_factory.py                      the one model loader (policy, judges, frozen models, LongPO modules)
 sft.py                                the one supervised phase and its front-ends
 pair_data.py / forward.py             MM-RLHF pair files and encoders; pair forwards and log-probs
+packed_data.py / packed_forward.py    either pair layout's iterators and ordered passes; packed-row forwards
+batch_spec.py                         abstract batches of a config (ahead-of-time compiles)
 reference_cache.py                    reference log-probs cached by content hash
 """

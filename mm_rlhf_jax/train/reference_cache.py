@@ -10,6 +10,12 @@ random-init config + seed) and each example key hashes the example's own
 content (tokens, masks, pixels). A changed tokenizer, template, image
 preprocessing or checkpoint therefore misses the cache instead of silently
 reusing stale numbers.
+
+A packed batch (data/batch.py) is keyed per pair slot, from that pair's own
+tokens, masks and media tiles only, so a pair has one key wherever it is
+packed. Packed and unpacked keys differ (different arrays are hashed): a run
+that switches data.packing computes its reference log-probs again, each
+layout's numbers coming from its own forward.
 """
 
 import hashlib
@@ -47,8 +53,37 @@ def file_digest(path: str) -> str:
     return h.hexdigest()[:20]
 
 
+# Per-token keys of a packed pair (its slot's tokens are hashed), and its media.
+PACKED_TOKEN_KEYS = ("input_ids", "positions", "branch_ids", "chosen_mask", "rejected_mask", "media_ordinal")
+
+
+def packed_keys(batch: dict) -> list[str]:
+    """One content hash per pair slot of a packed numpy batch (R * K, row-major); "" for an empty slot."""
+    seg, valid = np.asarray(batch["segment_ids"]), np.asarray(batch["pair_valid"])
+    keys = []
+    for r, k in np.ndindex(valid.shape):
+        if not valid[r, k]:
+            keys.append("")
+            continue
+        h = hashlib.sha1(b"packed")
+        tokens = seg[r] == k + 1
+        parts = [(key, np.asarray(batch[key])[r][tokens]) for key in PACKED_TOKEN_KEYS if key in batch]
+        if "pixel_values" in batch:
+            off, n = int(batch["media_offset"][r, k]), int(batch["media_tiles"][r, k])
+            parts += [("pixel_values", np.asarray(batch["pixel_values"][r, off:off + n])),
+                      ("image_sizes", np.asarray(batch["image_sizes"][r, k]))]
+        for key, x in parts:
+            x = np.ascontiguousarray(x)
+            h.update(key.encode() + str(x.dtype).encode() + str(x.shape).encode())
+            h.update(x.tobytes())
+        keys.append(h.hexdigest())
+    return keys
+
+
 def example_keys(batch: dict) -> list[str]:
-    """One content hash per example of a numpy batch (leading axis = examples)."""
+    """One content hash per example of a numpy batch (leading axis = examples; packed: per pair slot)."""
+    if "pair_valid" in batch:
+        return packed_keys(batch)
     n = batch["input_ids"].shape[0]
     keys = []
     for b in range(n):
@@ -80,8 +115,10 @@ class ReferenceCache:
         return len(self.table)
 
     def add(self, keys, logps) -> None:
-        for k, v in zip(keys, np.asarray(logps, np.float32)):
-            self.table[k] = v
+        """keys[i] -> logps[i] (f32[2]); empty keys (a packed batch's empty slots) are skipped."""
+        for k, v in zip(keys, np.asarray(logps, np.float32).reshape(-1, 2)):
+            if k:
+                self.table[k] = v
 
     def save(self) -> None:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
@@ -93,11 +130,16 @@ class ReferenceCache:
         os.replace(tmp, self.path)
 
     def lookup(self, batch: dict) -> np.ndarray:
-        """f32[B, 2] for a numpy batch; raises KeyError naming the first uncached example."""
+        """f32[B, 2] for a numpy batch (packed: f32[R, K, 2], 0 on empty slots); raises KeyError naming the
+        first uncached example."""
         out = []
         for b, k in enumerate(example_keys(batch)):
+            if not k:
+                out.append(np.zeros(2, np.float32))
+                continue
             if k not in self.table:
                 raise KeyError(f"example {b} of the batch (content hash {k}) has no cached reference log-probs "
                                f"in {self.path}; the data or tokenization changed since the precompute pass")
             out.append(self.table[k])
-        return np.stack(out)
+        out = np.stack(out)
+        return out.reshape(batch["pair_valid"].shape + (2,)) if "pair_valid" in batch else out

@@ -24,7 +24,6 @@ import ml_collections
 import numpy as np
 
 from mm_rlhf_jax.algorithms.mm_dpo import spec, step as step_lib
-from mm_rlhf_jax.data import pipeline
 from mm_rlhf_jax.data.example import ExampleEncoder
 from mm_rlhf_jax.data.prompts import encode_prompt
 from mm_rlhf_jax.data.sources import JsonlPairSource
@@ -35,7 +34,7 @@ from mm_rlhf_jax.evals.preference import accuracy_by, implicit_reward_accuracy, 
 from mm_rlhf_jax.models import hf
 from mm_rlhf_jax.rollout.generate import Generator
 from mm_rlhf_jax.sharding import SAMPLING_RULES, placement
-from mm_rlhf_jax.train import model_factory, pair_data, phase, reference_cache, sft
+from mm_rlhf_jax.train import model_factory, packed_data, pair_data, phase, reference_cache, sft
 
 
 class WithReference:
@@ -56,21 +55,21 @@ class WithReference:
         self.iterator.set_state(state)
 
 
-def fill_reference_cache(cache, logps_fn, params_fn, sources, encoder_cfg, batch_size, mesh) -> None:
-    """Computes and stores reference log-probs for every uncached pair of `sources`."""
+def fill_reference_cache(cache, logps_fn, params_fn, sources, encoder_cfg, d, mesh) -> None:
+    """Computes and stores reference log-probs for every uncached pair of `sources` (in data block d's layout)."""
     params = None
     added = 0
     for source in sources:
-        for batch, n in pair_data.padded_batches(source, encoder_cfg, batch_size):
-            keys = reference_cache.example_keys(batch)[:n]
+        for batch, index in packed_data.pass_batches(source, encoder_cfg, d):
+            keys = [k for k, i in zip(reference_cache.example_keys(batch), index) if i >= 0]
             if all(k in cache for k in keys):
                 continue
             if params is None:
                 logging.info("computing reference log-probs into %s", cache.path)
                 params = params_fn()
             logps = placement.fetch(logps_fn(params, placement.put_global_batch(batch, mesh)))
-            cache.add(keys, logps[:n])
-            added += n
+            cache.add(keys, logps.reshape(-1, 2)[index >= 0])
+            added += len(keys)
     if added:
         cache.save()
         logging.info("cached reference log-probs for %d pairs", added)
@@ -82,7 +81,7 @@ def make_eval_fn(module, files, heldout, encoder_cfg, cache, config, mesh):
     heldout: the held-out non-tie pairs (a pair source).
     """
     e, d = config.eval, config.data
-    batches = list(pair_data.padded_batches(heldout, encoder_cfg, d.eval_batch_size))
+    batches = list(packed_data.pass_batches(heldout, encoder_cfg, d))
     groups = pair_groups(heldout.records)
     logps_fn = jax.jit(functools.partial(step_lib.policy_logps_step, module=module))
     gen = None
@@ -97,13 +96,12 @@ def make_eval_fn(module, files, heldout, encoder_cfg, cache, config, mesh):
         gen = (queries, prompts, generator)
 
     def eval_fn(params):
-        chosen, rejected = [], []
-        for batch, n in batches:
-            pol = placement.fetch(logps_fn(params, placement.put_global_batch(batch, mesh)))[:n]
-            ref = cache.lookup(batch)[:n]
-            chosen.append(pol[:, 0] - ref[:, 0])
-            rejected.append(pol[:, 1] - ref[:, 1])
-        chosen, rejected = np.concatenate(chosen), np.concatenate(rejected)
+        ratios = []  # (source index, policy - reference log-probs) per pair
+        for batch, index in batches:
+            pol = placement.fetch(logps_fn(params, placement.put_global_batch(batch, mesh)))
+            ratios.append((index, (pol - cache.lookup(batch)).reshape(-1, 2)))
+        ratios = packed_data.in_source_order(ratios, len(heldout))
+        chosen, rejected = ratios[:, 0], ratios[:, 1]
         out = {"preference_accuracy": implicit_reward_accuracy(chosen, rejected),
                "reward_margin": float(np.mean(config.dpo.beta * (chosen - rejected))),
                "num_heldout_pairs": int(len(chosen)),
@@ -147,11 +145,9 @@ def run(config: ml_collections.ConfigDict, workdir: str):
         fresh = not phase.has_checkpoint(workdir)
         params = params_fn() if fresh else None
         fill_reference_cache(cache, logps_fn, (lambda: params) if fresh else params_fn, [train_src, heldout_src],
-                             encoder_cfg, d.eval_batch_size, mesh)
+                             encoder_cfg, d, mesh)
 
-        train_cfg = pipeline.PipelineConfig(batch_size=placement.per_host_batch(d.batch_size, mesh), seed=d.seed,
-                                            num_epochs=None, num_workers=d.num_workers)
-        data_iter = WithReference(pipeline.make_iterator(train_src, encoder_cfg, train_cfg), cache)
+        data_iter = WithReference(packed_data.train_iterator(train_src, encoder_cfg, d, mesh), cache)
         eval_fn = make_eval_fn(module, files, heldout_src, encoder_cfg, cache, config, mesh)
         t = config.train
         result = phase.train_params(

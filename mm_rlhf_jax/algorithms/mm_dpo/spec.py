@@ -34,9 +34,9 @@ def compile_inputs(config, mesh, rules, step: str):
     d = config.data
     if step == "train":
         s = train_step(config, module, mesh, rules)
-        return s.jit, (s.abstract_state, batch_spec.pair_batch(d, module.config, mesh, batch_size=d.batch_size))
+        return s.jit, (s.abstract_state, batch_spec.preference_batch(d, module.config, mesh))
     if step == "reference":
         params = phase.abstract_params(module, mesh, rules)
-        batch = batch_spec.pair_batch(d, module.config, mesh, batch_size=d.eval_batch_size, with_ref=False)
+        batch = batch_spec.preference_batch(d, module.config, mesh, with_ref=False, evaluation=True)
         return reference_step(module), (params, batch)
     raise ValueError(f"mm_dpo has no {step!r} step; use train or reference")

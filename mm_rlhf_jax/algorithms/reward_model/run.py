@@ -19,15 +19,14 @@ from mm_rlhf_jax.algorithms.reward_model import spec
 from mm_rlhf_jax.algorithms.reward_model.spec import MODES, build_module
 from mm_rlhf_jax.algorithms.reward_model.inference import RewardModelInference
 from mm_rlhf_jax.algorithms.reward_model.score import score_file
-from mm_rlhf_jax.data import pipeline
 from mm_rlhf_jax.data.sources import JsonlPairSource
 from mm_rlhf_jax.data.tokenizer import cached_tokenizer
 from mm_rlhf_jax.evals.preference import accuracy_by, pair_groups
 from mm_rlhf_jax.evals.rewardbench import rewardbench_metrics
 from mm_rlhf_jax.models import hf
 from mm_rlhf_jax.models.heads import ModelWithHeads
-from mm_rlhf_jax.sharding import SAMPLING_RULES, placement
-from mm_rlhf_jax.train import model_factory, pair_data, phase, sft
+from mm_rlhf_jax.sharding import SAMPLING_RULES
+from mm_rlhf_jax.train import model_factory, packed_data, pair_data, phase, sft
 
 def initial_params(config, module: ModelWithHeads, mesh, rules, *, warm_start_fn=None):
     """Trunk from model.init_from (or seeded random init) plus a freshly initialised reward head.
@@ -82,9 +81,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
         encoder_cfg = pair_data.encoder_config(d, files.tokenizer, module.trunk.config, config.model.init_from,
                                                MODES[config.reward.mode])
         train_src = JsonlPairSource(files.train_pairs, include_ties=True, media_root=files.media_root)
-        train_cfg = pipeline.PipelineConfig(batch_size=placement.per_host_batch(d.batch_size, mesh), seed=d.seed,
-                                            num_epochs=None, num_workers=d.num_workers)
-        data_iter = pipeline.make_iterator(train_src, encoder_cfg, train_cfg)
+        data_iter = packed_data.train_iterator(train_src, encoder_cfg, d, mesh)  # [B, 2, T] or packed rows
         # The warm start fits the answers themselves ("preference" sequences: the policy prompt, not the
         # critic prompt), like the SFT model the paper's RM is initialised from.
         ws_encoder = pair_data.encoder_config(d, files.tokenizer, module.trunk.config, config.model.init_from,

@@ -42,8 +42,8 @@ def compile_inputs(config, mesh, rules, step: str):
     kind = MODES[config.reward.mode]
     if step == "train":
         s = train_step(config, module, mesh, rules)
-        return s.jit, (s.abstract_state, batch_spec.pair_batch(d, module.trunk.config, mesh, batch_size=d.batch_size,
-                                                                kind=kind, with_ref=False))
+        return s.jit, (s.abstract_state, batch_spec.preference_batch(d, module.trunk.config, mesh, kind=kind,
+                                                                      with_ref=False))
     if step == "reference":
         batch = batch_spec.pair_batch(d, module.trunk.config, mesh, batch_size=d.eval_batch_size, kind=kind,
                                       with_ref=False)

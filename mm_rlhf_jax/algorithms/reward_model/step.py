@@ -15,15 +15,32 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mm_rlhf_jax.data.batch import is_packed
 from mm_rlhf_jax.losses import reward as reward_losses
 from mm_rlhf_jax.losses.logprobs import masked_sum, shifted_token_logprobs
-from mm_rlhf_jax.train import forward, state as state_lib
+from mm_rlhf_jax.train import forward, packed_forward, state as state_lib
+
+
+def packed_rm_outputs(module, params, batch, *, with_critique_nll: bool, kw: dict):
+    """rm_outputs of a packed batch, per pair slot: f32[R * K, 2] each (empty slots: reward garbage, NLL 0)."""
+    out = packed_forward.forward_packed(module, params, batch, **kw)
+    rewards = packed_forward.last_token_values(out.token_rewards[..., 0], batch["seq_last"])
+    nll = None
+    if with_critique_nll:
+        sums, counts = packed_forward.pair_logps(module, params, batch, hidden=out.hidden_states)
+        nll = (-sums / jnp.maximum(counts, 1.0)).reshape(-1, 2)
+    return rewards.reshape(-1, 2), nll
 
 
 def rm_outputs(module, params, batch, *, with_critique_nll: bool, rng=None):
-    """(rewards f32[B, 2], critique mean NLL f32[B, 2] or None); rng enables dropout."""
-    b, n, t = batch["input_ids"].shape
+    """(rewards f32[B, 2], critique mean NLL f32[B, 2] or None); rng enables dropout.
+
+    A packed batch gives B = its pair slots R * K (see packed_rm_outputs).
+    """
     kw = {} if rng is None else dict(deterministic=False, rngs={"dropout": rng})
+    if is_packed(batch):
+        return packed_rm_outputs(module, params, batch, with_critique_nll=with_critique_nll, kw=kw)
+    b, n, t = batch["input_ids"].shape
     out = forward.forward_pairs(module, params, batch, **kw)
     rewards = out.rewards[:, 0].reshape(b, n)
     nll = None
@@ -35,12 +52,20 @@ def rm_outputs(module, params, batch, *, with_critique_nll: bool, rng=None):
     return rewards, nll
 
 
+def pair_weights(batch):
+    """f32[B] 1 for every pair (None: plain sums), or for the filled slots of a packed batch's R * K."""
+    return batch["pair_valid"].reshape(-1).astype(jnp.float32) if is_packed(batch) else None
+
+
 def counts(batch) -> dict:
     """The global normalisers of a batch: non-tie pairs, tie pairs, pairs, pairs with a teacher critique."""
-    tie = jnp.asarray(batch["is_tie"]).astype(jnp.float32)
+    tie = jnp.asarray(batch["is_tie"]).reshape(-1).astype(jnp.float32)
+    w = pair_weights(batch)
+    w = jnp.ones_like(tie) if w is None else w
     has = batch.get("has_critique")
-    return {"bt_count": jnp.sum(1.0 - tie), "tie_count": jnp.sum(tie), "pair_count": jnp.float32(tie.shape[0]),
-            "critique_count": jnp.zeros(()) if has is None else jnp.sum(jnp.asarray(has).astype(jnp.float32))}
+    return {"bt_count": jnp.sum(w * (1.0 - tie)), "tie_count": jnp.sum(w * tie), "pair_count": jnp.sum(w),
+            "critique_count": jnp.zeros(()) if has is None else
+            jnp.sum(w * jnp.asarray(has).reshape(-1).astype(jnp.float32))}
 
 
 def rm_loss(module, params, batch, rng, c: ml_collections.ConfigDict, n: dict, *, critique: bool):
@@ -52,14 +77,19 @@ def rm_loss(module, params, batch, rng, c: ml_collections.ConfigDict, n: dict, *
     """
     critique_weight = c.critique_weight if critique else 0.0
     rewards, nll = rm_outputs(module, params, batch, with_critique_nll=critique_weight > 0, rng=rng)
-    terms = reward_losses.reward_loss_terms(rewards[:, 0], rewards[:, 1], is_tie=batch["is_tie"],
-                                            critique_nll=nll, has_critique=batch.get("has_critique"))
+    w = pair_weights(batch)
+    flat = lambda x: None if x is None else jnp.asarray(x).reshape(-1)  # noqa: E731  packed [R, K] -> [R * K]
+    is_tie, has_critique = flat(batch["is_tie"]), flat(batch.get("has_critique"))
+    if w is not None:  # an empty slot's "reward" is the head at its row's token 0: zeroed, weighted out
+        rewards = jnp.where(w[:, None] > 0, rewards, 0.0)
+    terms = reward_losses.reward_loss_terms(rewards[:, 0], rewards[:, 1], is_tie=is_tie, critique_nll=nll,
+                                            has_critique=has_critique, weight=w)
     terms = terms.replace(bt_count=n["bt_count"], tie_count=n["tie_count"], pair_count=n["pair_count"],
                           critique_count=n["critique_count"] if nll is not None else terms.critique_count)
     loss, metrics = reward_losses.combine_reward_loss(
         terms, score_weight=c.score_weight, tie_weight=c.tie_weight, center_weight=c.center_weight,
         critique_weight=critique_weight)
-    non_tie = 1.0 - batch["is_tie"].astype(jnp.float32)
+    non_tie = (1.0 - is_tie.astype(jnp.float32)) * (1.0 if w is None else w)
     correct = (rewards[:, 0] > rewards[:, 1]).astype(jnp.float32)
     pairs = jnp.maximum(n["pair_count"], 1.0)
     metrics.update({
@@ -79,5 +109,6 @@ def train_step(state, batch, *, module, tx, mask, c, critique: bool, microbatche
 
 
 def score_step(params, batch, *, module):
-    """Rewards f32[B, 2] of (already complete) critic-prompt + critique sequences."""
-    return rm_outputs(module, params, batch, with_critique_nll=False)[0]
+    """Rewards f32[B, 2] of (already complete) critic-prompt + critique sequences; packed: f32[R, K, 2]."""
+    rewards = rm_outputs(module, params, batch, with_critique_nll=False)[0]
+    return rewards.reshape(batch["pair_valid"].shape + (2,)) if is_packed(batch) else rewards
