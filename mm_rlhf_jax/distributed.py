@@ -3,6 +3,9 @@
 On a Cloud TPU VM pod slice `jax.distributed.initialize()` finds the
 coordinator and process ids from the TPU metadata; elsewhere (GPU clusters,
 local CPU processes in tests) they are passed explicitly.
+
+Shared files follow one rule: process 0 writes (`is_primary`), and a
+`barrier` separates that write from any other process reading the file.
 """
 
 import logging
@@ -32,3 +35,16 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         return
     logging.info("process %d/%d: %d local / %d global devices", jax.process_index(), jax.process_count(),
                  jax.local_device_count(), jax.device_count())
+
+
+def is_primary() -> bool:
+    """Process 0: the one that writes shared files (metrics, JSON, caches, generated data)."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Every process waits here until all arrive (e.g. before reading a file process 0 just wrote)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

@@ -115,6 +115,7 @@ def run_loop(
 
     def checkpoint(step):
         drain()  # never checkpoint a step whose loss was not checked
+        writer.flush()  # metrics up to here survive a crash (remote metrics files are written in batches)
         checkpointer.save(step, state, data_iter.get_state())
 
     bar = tqdm(total=total_steps, initial=start, disable=not progress or jax.process_index() != 0,

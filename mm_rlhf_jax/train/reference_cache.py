@@ -10,14 +10,26 @@ random-init config + seed) and each example key hashes the example's own
 content (tokens, masks, pixels). A changed tokenizer, template, image
 preprocessing or checkpoint therefore misses the cache instead of silently
 reusing stale numbers.
+
+Several processes (`fill`): each encodes only its rows of every global batch
+(its host slot) and the reference runs on the whole mesh; keys and log-probs
+are gathered to every process in global row order, so every process holds the
+same table, and process 0 alone writes the file (atomically, so a crash or a
+SIGKILL leaves the previous file or the new one). A resumed run loads the
+file on every process and computes only the batches some pair of which is
+missing.
 """
 
 import hashlib
+import io
 import json
-import os
-import tempfile
+import logging
 
 import numpy as np
+
+from mm_rlhf_jax import distributed, storage
+from mm_rlhf_jax.sharding import placement
+from mm_rlhf_jax.train import pair_data
 
 # Batch keys whose content identifies an example (those present are hashed).
 CONTENT_KEYS = ("input_ids", "attention_mask", "loss_mask", "pixel_values", "image_sizes", "has_image",
@@ -30,18 +42,18 @@ def reference_id(identity: dict) -> str:
 
 
 def checkpoint_identity(path: str) -> dict:
-    """Identity of an on-disk checkpoint folder: file names, sizes and mtimes (cheap, no reads)."""
+    """Identity of a checkpoint folder (local or URL): file names, sizes and mtimes (cheap, no reads)."""
     files = []
-    for name in sorted(os.listdir(path)):
-        st = os.stat(os.path.join(path, name))
-        files.append((name, st.st_size, int(st.st_mtime)))
-    return {"path": os.path.abspath(path), "files": files}
+    for name in storage.listdir(path):
+        size, mtime = storage.stat(storage.join(path, name))
+        files.append((name, size, int(mtime)))
+    return {"path": storage.absolute(path), "files": files}
 
 
 def file_digest(path: str) -> str:
     """Content hash of one file (read in 1 MiB blocks)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with storage.open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()[:20]
@@ -67,10 +79,10 @@ class ReferenceCache:
     """In-memory map example key -> f32[2] (chosen, rejected), persisted atomically as npz."""
 
     def __init__(self, cache_dir: str, ref_id: str):
-        self.path = os.path.join(cache_dir, ref_id, "logps.npz")
+        self.path = storage.join(cache_dir, ref_id, "logps.npz")
         self.table: dict[str, np.ndarray] = {}
-        if os.path.exists(self.path):
-            with np.load(self.path) as z:
+        if storage.exists(self.path):
+            with np.load(io.BytesIO(storage.read_bytes(self.path))) as z:
                 self.table = dict(zip(z["keys"].tolist(), z["logps"]))
 
     def __contains__(self, key: str) -> bool:
@@ -84,13 +96,14 @@ class ReferenceCache:
             self.table[k] = v
 
     def save(self) -> None:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), suffix=".npz")
-        os.close(fd)
+        """Writes the table (process 0 only: every process holds the same table)."""
+        if not distributed.is_primary():
+            return
         keys = np.array(sorted(self.table), dtype="<U40")
-        np.savez(tmp, keys=keys, logps=np.stack([self.table[k] for k in keys.tolist()]) if len(keys)
+        buf = io.BytesIO()
+        np.savez(buf, keys=keys, logps=np.stack([self.table[k] for k in keys.tolist()]) if len(keys)
                  else np.zeros((0, 2), np.float32))
-        os.replace(tmp, self.path)
+        storage.write_atomic(self.path, buf.getvalue())
 
     def lookup(self, batch: dict) -> np.ndarray:
         """f32[B, 2] for a numpy batch; raises KeyError naming the first uncached example."""
@@ -101,3 +114,35 @@ class ReferenceCache:
                                f"in {self.path}; the data or tokenization changed since the precompute pass")
             out.append(self.table[k])
         return np.stack(out)
+
+
+def _digests(keys: list[str]) -> np.ndarray:
+    return np.array([np.frombuffer(bytes.fromhex(k), np.uint8) for k in keys])
+
+
+def fill(cache: ReferenceCache, logps_fn, params_fn, sources, encoder_cfg, batch_size: int, mesh) -> int:
+    """Computes and stores reference log-probs for every uncached pair of `sources`; returns how many.
+
+    logps_fn(params, device batch) -> f32[B, 2] row-sharded; params_fn() -> the
+    reference's parameters, called (on every process at once) only when some
+    batch is missing. Every process calls fill with the same arguments.
+    """
+    slot = placement.host_slot(batch_size, mesh)
+    params, added = None, 0
+    for source in sources:
+        for batch, n in pair_data.padded_batches(source, encoder_cfg, batch_size, shard=slot.shard):
+            local = example_keys(batch)
+            if not placement.any_process(not all(k in cache for k in local)):
+                continue
+            if params is None:
+                logging.info("computing reference log-probs into %s", cache.path)
+                params = params_fn()
+            logps = placement.fetch(logps_fn(params, placement.put_batch(batch, mesh)))[:n]
+            keys = [bytes(d).hex() for d in placement.gather_rows(_digests(local), mesh)][:n]
+            cache.add(keys, logps)
+            added += n
+    if added:
+        cache.save()
+        distributed.barrier("reference_cache")
+        logging.info("cached reference log-probs for %d pairs", added)
+    return added

@@ -16,13 +16,12 @@ re-running the same command resumes):
 """
 
 import functools
-import logging
-import os
 
 import jax
 import ml_collections
 import numpy as np
 
+from mm_rlhf_jax import storage
 from mm_rlhf_jax.algorithms.mm_dpo import step as step_lib
 from mm_rlhf_jax.data import pipeline
 from mm_rlhf_jax.data.example import ExampleEncoder
@@ -57,26 +56,6 @@ class WithReference:
         self.iterator.set_state(state)
 
 
-def fill_reference_cache(cache, logps_fn, params_fn, sources, encoder_cfg, batch_size, mesh) -> None:
-    """Computes and stores reference log-probs for every uncached pair of `sources`."""
-    params = None
-    added = 0
-    for source in sources:
-        for batch, n in pair_data.padded_batches(source, encoder_cfg, batch_size):
-            keys = reference_cache.example_keys(batch)[:n]
-            if all(k in cache for k in keys):
-                continue
-            if params is None:
-                logging.info("computing reference log-probs into %s", cache.path)
-                params = params_fn()
-            logps = placement.fetch(logps_fn(params, placement.put_global_batch(batch, mesh)))
-            cache.add(keys, logps[:n])
-            added += n
-    if added:
-        cache.save()
-        logging.info("cached reference log-probs for %d pairs", added)
-
-
 def make_eval_fn(module, files, heldout, encoder_cfg, cache, config, mesh):
     """eval_fn(params) -> flat metrics: held-out implicit-reward accuracy (+ greedy answer accuracy).
 
@@ -90,7 +69,7 @@ def make_eval_fn(module, files, heldout, encoder_cfg, cache, config, mesh):
     if e.generation and files.heldout_queries:
         queries = load_queries(files.heldout_queries, media_root=files.media_root)[: e.num_queries]
         encoder = ExampleEncoder(encoder_cfg)
-        media_root = files.media_root or os.path.dirname(os.path.abspath(files.heldout_queries))
+        media_root = files.media_root or storage.dirname(files.heldout_queries)
         prompts = [encode_prompt(encoder, q, media_root=media_root) for q in queries]
         generator = Generator(module, cached_tokenizer(files.tokenizer), mesh, max_new_tokens=e.max_new_tokens,
                               batch_size=d.eval_batch_size,
@@ -147,11 +126,10 @@ def run(config: ml_collections.ConfigDict, workdir: str):
         logps_fn = jax.jit(functools.partial(step_lib.policy_logps_step, module=module))
         fresh = not phase.has_checkpoint(workdir)
         params = params_fn() if fresh else None
-        fill_reference_cache(cache, logps_fn, (lambda: params) if fresh else params_fn, [train_src, heldout_src],
+        reference_cache.fill(cache, logps_fn, (lambda: params) if fresh else params_fn, [train_src, heldout_src],
                              encoder_cfg, d.eval_batch_size, mesh)
 
-        train_cfg = pipeline.PipelineConfig(batch_size=placement.per_host_batch(d.batch_size, mesh), seed=d.seed,
-                                            num_epochs=None, num_workers=d.num_workers)
+        train_cfg = pair_data.train_pipeline(d.batch_size, mesh, seed=d.seed, num_workers=d.num_workers)
         data_iter = WithReference(pipeline.make_iterator(train_src, encoder_cfg, train_cfg), cache)
         eval_fn = make_eval_fn(module, files, heldout_src, encoder_cfg, cache, config, mesh)
         t = config.train

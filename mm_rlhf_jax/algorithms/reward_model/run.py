@@ -27,7 +27,7 @@ from mm_rlhf_jax.evals.preference import accuracy_by, pair_groups
 from mm_rlhf_jax.evals.rewardbench import rewardbench_metrics
 from mm_rlhf_jax.models import hf
 from mm_rlhf_jax.models.heads import ModelWithHeads, RewardHead
-from mm_rlhf_jax.sharding import SAMPLING_RULES, placement
+from mm_rlhf_jax.sharding import SAMPLING_RULES
 from mm_rlhf_jax.train import model_factory, pair_data, phase, sft
 from mm_rlhf_jax.train.optim import make_optimizer
 
@@ -95,8 +95,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
         encoder_cfg = pair_data.encoder_config(d, files.tokenizer, module.trunk.config, config.model.init_from,
                                                MODES[config.reward.mode])
         train_src = JsonlPairSource(files.train_pairs, include_ties=True, media_root=files.media_root)
-        train_cfg = pipeline.PipelineConfig(batch_size=placement.per_host_batch(d.batch_size, mesh), seed=d.seed,
-                                            num_epochs=None, num_workers=d.num_workers)
+        train_cfg = pair_data.train_pipeline(d.batch_size, mesh, seed=d.seed, num_workers=d.num_workers)
         data_iter = pipeline.make_iterator(train_src, encoder_cfg, train_cfg)
         # The warm start fits the answers themselves ("preference" sequences: the policy prompt, not the
         # critic prompt), like the SFT model the paper's RM is initialised from.
