@@ -169,6 +169,6 @@ def ordered_pass(source, batch_size: int, encode, *, shard: tuple[int, int] = (0
         for k in range(index * rows, (index + 1) * rows):
             positions.append(start + k if start + k < n else start)
     ds = grain.MapDataset.source(_Positions(source, positions)).map(encode).batch(rows)
-    it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2)))
+    it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=read_threads)))
     for start in range(0, n, batch_size):
         yield next(it), min(batch_size, n - start)

@@ -123,6 +123,17 @@ def fetch(x) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+def from_primary(x: np.ndarray) -> np.ndarray:
+    """Process 0's value of a host array on every process (host results that may differ across hosts,
+    such as sandbox runs hitting a wall-clock timeout, must not make the processes' states diverge)."""
+    x = np.asarray(x)
+    if jax.process_count() == 1:
+        return x
+    if x.dtype == bool:  # broadcast sums over processes: send bools as integers
+        return np.asarray(multihost_utils.broadcast_one_to_all(x.astype(np.int32))).astype(bool)
+    return np.asarray(multihost_utils.broadcast_one_to_all(x))
+
+
 def any_process(flag: bool) -> bool:
     """True on every process when `flag` is True on any (the loop's stop consensus)."""
     if jax.process_count() == 1:

@@ -76,13 +76,14 @@ def preset(algorithm: str) -> str:
     return _OWN[algorithm][0] if algorithm in _OWN else "tiny"
 
 
-def overrides(algorithm: str, workdir: str) -> dict:
-    """{dotted config key: value} turning `preset(algorithm)` into the micro settings."""
+def overrides(algorithm: str, workdir: str, extra: dict | None = None) -> dict:
+    """{dotted config key: value} turning `preset(algorithm)` into the micro settings (then `extra`)."""
     if algorithm in _OWN:
-        return dict(_OWN[algorithm][1])
-    base = _flat(config_lib.preset(algorithm, "tiny").to_dict())
-    micro = _flat(_test_config(algorithm, workdir).to_dict())
-    return {k: v for k, v in micro.items() if base.get(k) != v}
+        out = dict(_OWN[algorithm][1])
+    else:
+        base = _flat(config_lib.preset(algorithm, "tiny").to_dict())
+        out = {k: v for k, v in _flat(_test_config(algorithm, workdir).to_dict()).items() if base.get(k) != v}
+    return {**out, **(extra or {})}
 
 
 def _value(v) -> str:
@@ -91,15 +92,15 @@ def _value(v) -> str:
     return str(v)
 
 
-def flags(algorithm: str, workdir: str) -> list[str]:
+def flags(algorithm: str, workdir: str, extra: dict | None = None) -> list[str]:
     """--config.key=value flags of the micro settings (sorted, so the command line is reproducible)."""
-    return [f"--config.{k}={_value(v)}" for k, v in sorted(overrides(algorithm, workdir).items())]
+    return [f"--config.{k}={_value(v)}" for k, v in sorted(overrides(algorithm, workdir, extra).items())]
 
 
-def config(algorithm: str, workdir: str):
+def config(algorithm: str, workdir: str, extra: dict | None = None):
     """The micro config itself (what `main` builds from the preset plus flags())."""
     c = config_lib.preset(algorithm, preset(algorithm))
-    for k, v in overrides(algorithm, workdir).items():
+    for k, v in overrides(algorithm, workdir, extra).items():
         node = c
         *path, leaf = k.split(".")
         for p in path:

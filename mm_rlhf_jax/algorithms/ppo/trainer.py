@@ -243,6 +243,10 @@ class RLTrainer:
         prompts, out, records, texts = self.rollout(state, batch)
         t1 = time.perf_counter()
         rewards = self.env(records, texts)
+        # Every process scored every sample; the update uses process 0's scores, so a reward that differs
+        # between hosts (a sandbox timeout) cannot make their states diverge.
+        rewards = dataclasses.replace(rewards, rewards=placement.from_primary(rewards.rewards),
+                                      valid=placement.from_primary(rewards.valid))
         t2 = time.perf_counter()
         tokens, lengths = placement.fetch(out.tokens), placement.fetch(out.lengths)
         last = tokens[np.arange(len(tokens)), np.maximum(lengths - 1, 0)]
