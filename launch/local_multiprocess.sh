@@ -43,6 +43,8 @@ done
 
 forward() { kill -TERM "${pids[@]}" 2>/dev/null || true; }
 trap forward TERM INT
+# Never leave processes behind if this script itself stops early.
+trap 'kill -KILL "${pids[@]}" 2>/dev/null || true' EXIT
 
 status=0
 left=${#pids[@]}
@@ -50,7 +52,7 @@ while ((left > 0)); do
   done_pid=""
   rc=0
   wait -n -p done_pid "${pids[@]}" || rc=$?
-  [[ -z "$done_pid" ]] && continue  # woken by a forwarded signal: keep waiting for the processes
+  [[ -z "${done_pid:-}" ]] && continue  # woken by a forwarded signal: keep waiting for the processes
   left=$((left - 1))
   if ((rc != 0 && status == 0)); then
     status=$rc

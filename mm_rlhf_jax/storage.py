@@ -133,11 +133,12 @@ def stat(path: str) -> tuple[int, float]:
     """(size in bytes, modification time in seconds; 0 where the store keeps none)."""
     if is_url(path):
         fs, p = _fs(path)
-        info = fs.info(p)
-        mtime = info.get("mtime") or info.get("updated") or info.get("LastModified") or 0
-        if not isinstance(mtime, (int, float)):
-            mtime = getattr(mtime, "timestamp", lambda: 0)() if not isinstance(mtime, str) else 0
-        return int(info.get("size") or 0), float(mtime)
+        size = int(fs.info(p).get("size") or 0)
+        try:
+            mtime = fs.modified(p).timestamp()
+        except (NotImplementedError, AttributeError, OSError, ValueError):  # a store without times
+            mtime = 0.0
+        return size, mtime
     st = os.stat(path)
     return st.st_size, st.st_mtime
 

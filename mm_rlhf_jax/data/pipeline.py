@@ -11,7 +11,9 @@
 The order is global: the global batch (every host's rows together) is the
 same whatever the number of processes, so N processes train on exactly the
 batches one process would, each host encoding only its rows (grain's maps are
-lazy: the other hosts' elements are never read here). Everything is a
+lazy: the other hosts' elements are never read here). (grain's own per-process
+sharding, ShardByJaxProcess, gives each host a contiguous range of the source
+instead, so the global batch would change with the process count.) Everything is a
 deterministic function of (source, seed): the same config gives the same
 batches, with or without worker processes. The iterator
 has `get_state()` / `set_state(state)` (a small JSON-able dict): a run restored

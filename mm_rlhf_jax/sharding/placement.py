@@ -70,11 +70,6 @@ def host_slot(global_batch: int, mesh: Mesh) -> HostSlot:
     return HostSlot(rows=rows, index=start // rows, count=global_batch // rows)
 
 
-def per_host_batch(global_batch: int, mesh: Mesh) -> int:
-    """This process's share of a global batch (training iterators read only their slot)."""
-    return host_slot(global_batch, mesh).rows
-
-
 def batch_shardings(batch: dict, mesh: Mesh) -> dict:
     return {k: row_sharding(mesh, np.ndim(v)) for k, v in batch.items()}
 
