@@ -26,8 +26,17 @@ INSTALL_REQUIRES = [
     "jaxtyping>=0.2.36,<0.4",
     "absl-py>=2.1,<3",
     "jinja2>=3.1,<4",
+    # The path layer (mm_rlhf_jax/storage.py): local paths and URLs of any fsspec protocol.
+    "fsspec>=2024.2,<2027",
     # rewards/math.py builds sympy expressions with its own parser (no eval).
     "sympy>=1.12,<2",
+]
+
+# gs:// workdirs and data: gcsfs for the path layer and etils.epath (orbax's step folders),
+# google-cloud-storage for orbax's bucket checks; orbax writes arrays through tensorstore's own GCS driver.
+GCS_REQUIRES = [
+    "gcsfs>=2024.2,<2027",
+    "google-cloud-storage>=2.14,<4",
 ]
 
 TEST_REQUIRES = [
@@ -60,6 +69,7 @@ setuptools.setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "test": TEST_REQUIRES,
+        "gcs": GCS_REQUIRES,
         "math_verify": MATH_VERIFY_REQUIRES,
         # libtpu for ahead-of-time compiles (`python -m mm_rlhf_jax.aot`) on any host, and for TPU VMs:
         # jax[tpu] pins the libtpu that matches the installed jax.

@@ -4,7 +4,12 @@
 
 Kept thin on purpose: everything it calls is importable from notebooks.
 Multi-host: on a TPU pod slice nothing extra is needed; for explicit clusters
-pass --coordinator_address/--num_processes/--process_id.
+pass --coordinator_address/--num_processes/--process_id (launch/local_multiprocess.sh
+does, for N local CPU processes). --cpu_devices N gives a CPU process N virtual
+devices, so one process and N processes can run on the same mesh:
+
+    python -m mm_rlhf_jax.main --config configs/mm_dpo.py:tiny --workdir runs/one --cpu_devices 8
+    launch/local_multiprocess.sh 2 configs/mm_dpo.py:tiny runs/two --cpu_devices 4
 """
 
 import importlib
@@ -30,6 +35,7 @@ flags.DEFINE_string("workdir", None, "checkpoints, metrics.jsonl, TensorBoard ev
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (explicit multi-process runs)")
 flags.DEFINE_integer("num_processes", None, "number of processes (explicit multi-process runs)")
 flags.DEFINE_integer("process_id", None, "this process's id (explicit multi-process runs)")
+flags.DEFINE_integer("cpu_devices", None, "CPU only: virtual devices in this process (multi-host rehearsals)")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -43,7 +49,7 @@ def get_algorithm(name: str):
 def main(argv):
     del argv
     f = flags.FLAGS
-    distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
+    distributed.initialize(f.coordinator_address, f.num_processes, f.process_id, local_device_count=f.cpu_devices)
     config = f.config
     logging.info("algorithm %s, workdir %s", config.algorithm, f.workdir)
     get_algorithm(config.algorithm)(config, f.workdir)

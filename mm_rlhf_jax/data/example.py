@@ -10,10 +10,10 @@ F = num_frames) so batches have static shapes.
 """
 
 import dataclasses
-import os
 
 import numpy as np
 
+from mm_rlhf_jax import storage
 from mm_rlhf_jax.data import images as image_lib
 from mm_rlhf_jax.data import video as video_lib
 from mm_rlhf_jax.data.batch import KINDS
@@ -84,7 +84,7 @@ class ExampleEncoder:
         """The record's image as uint8[H, W, 3] (stored pixels, or read from media_root)."""
         pixels = element.get("image")
         if pixels is None:
-            path = os.path.join(element["media_root"], rec.image)
+            path = storage.resolve(element["media_root"], rec.image)
             try:
                 pixels = image_lib.load_image(path)
             except (OSError, ValueError) as e:
@@ -111,7 +111,7 @@ class ExampleEncoder:
         cfg = self.cfg
         frames = element.get("video")
         if frames is None:
-            folder = os.path.join(element["media_root"], rec.video)
+            folder = storage.resolve(element["media_root"], rec.video)
             frames = video_lib.load_frames(folder, cfg.num_frames, where=rec.where)
         else:
             if len(frames) == 0:

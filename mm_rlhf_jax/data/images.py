@@ -16,11 +16,11 @@ tests/data/test_images.py checks equality against the transformers processor.
 import dataclasses
 import json
 import math
-import os
 
 import numpy as np
 from PIL import Image
 
+from mm_rlhf_jax import storage
 from mm_rlhf_jax.models import anyres
 
 # transformers' LlavaOnevisionImageProcessor defaults (OpenAI CLIP statistics). The
@@ -71,7 +71,7 @@ class ImageProcessorConfig:
 
     @classmethod
     def from_pretrained(cls, path: str) -> "ImageProcessorConfig":
-        with open(os.path.join(path, "preprocessor_config.json"), encoding="utf-8") as f:
+        with storage.open(storage.join(path, "preprocessor_config.json")) as f:
             return cls.from_hf_dict(json.load(f))
 
     def to_hf_dict(self) -> dict:
@@ -105,8 +105,8 @@ def to_rgb_array(image) -> np.ndarray:
 
 
 def load_image(path: str) -> np.ndarray:
-    """uint8[H, W, 3] RGB."""
-    with Image.open(path) as im:
+    """uint8[H, W, 3] RGB of an image file (local or URL)."""
+    with storage.open(path, "rb") as f, Image.open(f) as im:
         return to_rgb_array(im)
 
 

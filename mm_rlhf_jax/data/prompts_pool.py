@@ -20,6 +20,7 @@ import json
 import os
 from typing import Any, Iterable
 
+from mm_rlhf_jax import storage
 from mm_rlhf_jax.data.errors import DataError, Where
 from mm_rlhf_jax.data.validation import read_jsonl
 
@@ -84,7 +85,7 @@ def parse_prompt_record(obj: Any, where: Where, default_id: str | None = None) -
 
 def load_prompt_pool(path: str) -> list[PromptRecord]:
     """Every record of a prompt-pool jsonl; duplicate ids are errors."""
-    stem = os.path.splitext(os.path.basename(path))[0]
+    stem = os.path.splitext(storage.basename(path))[0]
     out, seen = [], {}
     for where, obj in read_jsonl(path):
         rec = parse_prompt_record(obj, where, default_id=f"{stem}-{where.line}")
@@ -102,11 +103,6 @@ def records_from_dicts(objs: Iterable[dict], source: str = "<memory>") -> list[P
 
 
 def write_prompt_pool(path: str, records: Iterable[PromptRecord]) -> str:
-    """Writes records atomically (temporary file + rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec.to_json(), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    """Writes records atomically (storage.write_atomic)."""
+    storage.write_atomic(path, "".join(json.dumps(rec.to_json(), ensure_ascii=False) + "\n" for rec in records))
     return path

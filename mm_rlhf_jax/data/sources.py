@@ -12,8 +12,8 @@ An element is a dict::
 pixels are used as is, media given as paths are read from `media_root`.
 """
 
-import os
 
+from mm_rlhf_jax import storage
 from mm_rlhf_jax.data.records import PairRecord
 from mm_rlhf_jax.data.validation import load_pairs
 
@@ -59,7 +59,7 @@ class JsonlPairSource(RecordPairSource):
 
     def __init__(self, path: str, *, include_ties: bool, media_root: str | None = None, check_media: bool = True):
         self.path = path
-        media_root = os.path.dirname(os.path.abspath(path)) if media_root is None else media_root
+        media_root = storage.dirname(path) if media_root is None else media_root
         records = load_pairs(path, media_root=media_root, check_media=check_media)
         qids = query_index(r.id for r in records)  # numbered before tie filtering: same ids either way
         kept = [r for r in records if include_ties or not r.is_tie]

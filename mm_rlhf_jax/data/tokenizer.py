@@ -1,6 +1,8 @@
-"""Loading a tokenizer (with its chat template) from a local folder, offline.
+"""Loading a tokenizer (with its chat template) from a folder, offline.
 
-Any transformers tokenizer folder works (a LLaVA-OneVision / Qwen2 checkpoint,
+The folder may be a URL (gs://...): transformers reads local files only, so
+it is copied once into the local cache first (storage.local_copy). Any
+transformers tokenizer folder works (a LLaVA-OneVision / Qwen2 checkpoint,
 or the tiny one from `mm_rlhf_jax.data.synthetic.tiny_tokenizer`), as long as it has a
 chat template and, for multimodal data, `<image>` / `<video>` tokens that
 encode to a single id each.
@@ -11,6 +13,8 @@ import functools
 import json
 import os
 import threading
+
+from mm_rlhf_jax import storage
 
 IMAGE_TOKEN = "<image>"
 VIDEO_TOKEN = "<video>"
@@ -40,7 +44,9 @@ def _tokenizer_class(path: str) -> str | None:
 
 
 def load_tokenizer(path: str):
-    """transformers tokenizer from a local folder (never the network); requires a chat template."""
+    """transformers tokenizer from a folder (local, or a URL copied locally; never a hub download);
+    requires a chat template."""
+    path = storage.local_copy(path)
     if _tokenizer_class(path) in _PLAIN_CLASSES and os.path.exists(os.path.join(path, "tokenizer.json")):
         from transformers import PreTrainedTokenizerFast as cls
     else:

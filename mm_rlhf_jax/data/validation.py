@@ -7,11 +7,11 @@ time with file, line and field instead of mid-training in a worker process.
 """
 
 import json
-import os
 from typing import Callable, Iterable, Iterator, TypeVar
 
 from PIL import Image
 
+from mm_rlhf_jax import storage
 from mm_rlhf_jax.data.errors import DataError, Where
 from mm_rlhf_jax.data.records import PairRecord, QueryRecord, parse_pair, parse_query
 
@@ -21,8 +21,8 @@ FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def read_jsonl(path: str) -> Iterator[tuple[Where, object]]:
-    """(Where, decoded object) per non-blank line; bad JSON is a DataError."""
-    with open(path, encoding="utf-8") as f:
+    """(Where, decoded object) per non-blank line; bad JSON is a DataError. `path` may be a URL."""
+    with storage.open(path) as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -35,22 +35,20 @@ def read_jsonl(path: str) -> Iterator[tuple[Where, object]]:
 
 
 def write_jsonl(path: str, records: Iterable) -> None:
-    """One `record.to_json()` (or plain dict) per line, UTF-8, keys in schema order."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for rec in records:
-            obj = rec.to_json() if hasattr(rec, "to_json") else rec
-            f.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    """One `record.to_json()` (or plain dict) per line, UTF-8, keys in schema order; written at once."""
+    lines = [json.dumps(rec.to_json() if hasattr(rec, "to_json") else rec, ensure_ascii=False) + "\n"
+             for rec in records]
+    storage.write_atomic(path, "".join(lines))
 
 
 def resolve_media(media_root: str, rel: str) -> str:
-    return rel if os.path.isabs(rel) else os.path.join(media_root, rel)
+    return storage.resolve(media_root, rel)
 
 
 def check_image(path: str, where: Where, field: str = "image") -> None:
-    """Raise a DataError unless `path` is an image PIL can fully decode."""
+    """Raise a DataError unless `path` (local or URL) is an image PIL can fully decode."""
     try:
-        with Image.open(path) as im:
+        with storage.open(path, "rb") as f, Image.open(f) as im:
             im.load()
     except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for missing/corrupt files
         raise DataError(where, field, f"unreadable image {path!r}: {e}") from None
@@ -58,13 +56,13 @@ def check_image(path: str, where: Where, field: str = "image") -> None:
 
 def list_frames(folder: str, where: Where = Where(), field: str = "video") -> list[str]:
     """Sorted frame files of a video frame folder (MM-RLHF stores videos this way)."""
-    if not os.path.isdir(folder):
+    if not storage.isdir(folder):
         raise DataError(where, field, f"video frame folder {folder!r} does not exist")
-    frames = sorted(f for f in os.listdir(folder)
-                    if f.lower().endswith(FRAME_EXTENSIONS) and os.path.isfile(os.path.join(folder, f)))
+    frames = [f for f in storage.listdir(folder) if f.lower().endswith(FRAME_EXTENSIONS)]
+    frames = [f for f in frames if storage.isfile(storage.join(folder, f))]
     if not frames:
         raise DataError(where, field, f"video frame folder {folder!r} holds no frames {FRAME_EXTENSIONS}")
-    return [os.path.join(folder, f) for f in frames]
+    return [storage.join(folder, f) for f in frames]
 
 
 def check_media(rec: QueryRecord | PairRecord, media_root: str) -> None:
@@ -76,7 +74,7 @@ def check_media(rec: QueryRecord | PairRecord, media_root: str) -> None:
 
 
 def _load(path: str, parse: Callable[[object, Where], R], media_root: str | None, check: bool) -> list[R]:
-    root = os.path.dirname(os.path.abspath(path)) if media_root is None else media_root
+    root = storage.dirname(path) if media_root is None else media_root
     out = []
     for where, obj in read_jsonl(path):
         rec = parse(obj, where)

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import uuid
 from typing import Any
 
@@ -29,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from mm_rlhf_jax import storage
 from mm_rlhf_jax.models import hf_config, hf_safetensors, hf_weights
 from mm_rlhf_jax.models.config import DecoderConfig
 from mm_rlhf_jax.models.decoder import Decoder
@@ -165,15 +167,14 @@ def _validate(specs, reader, keymap: dict[str, str], config) -> None:
 
 
 def _config_from_file(path: str, dtype, param_dtype, overrides: dict):
-    with open(path) as f:
-        hf = json.load(f)
+    hf = json.loads(storage.read_text(path))
     numerics = {"dtype": dtype, "param_dtype": param_dtype or dtype}
     return hf_config.architecture_of(hf).from_hf(hf, {**numerics, **overrides})
 
 
 def load_config(path: str, dtype=jnp.float32, *, param_dtype=None, **config_overrides):
-    """The DecoderConfig / LlavaOnevisionConfig of a checkpoint folder (reads only config.json)."""
-    return _config_from_file(os.path.join(path, "config.json"), dtype, param_dtype, config_overrides)
+    """The DecoderConfig / LlavaOnevisionConfig of a checkpoint folder, local or URL (reads only config.json)."""
+    return _config_from_file(storage.join(path, "config.json"), dtype, param_dtype, config_overrides)
 
 
 _KNOWN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "known")
@@ -207,6 +208,7 @@ def load_pretrained(path: str, dtype=jnp.float32, *, param_dtype=None, mesh: Mes
     Returns:
       (model, params): a Decoder or LlavaOnevision module and its unboxed parameter tree.
     """
+    path = storage.local_copy(path)  # a URL is copied once into the local cache (safetensors reads local files)
     model = build_model(load_config(path, dtype, param_dtype=param_dtype, **config_overrides))
     config = model.config
     abstract = abstract_params(model)
@@ -291,6 +293,19 @@ def save_pretrained(model: nn.Module, params, path: str, *, max_shard_size=DEFAU
         for t in tensors:  # take part in the gathers, write nothing
             t.fetch()
         return
+    if storage.is_url(path):  # written locally, then uploaded file by file
+        local = tempfile.mkdtemp(prefix="mm_rlhf_jax_save_")
+        try:
+            _write_folder(os.path.join(local, "model"), hf, tensors, max_shard_size)
+            storage.upload_tree(os.path.join(local, "model"), path)
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+        return
+    _write_folder(path, hf, tensors, max_shard_size)
+
+
+def _write_folder(path: str, hf: dict, tensors, max_shard_size) -> None:
+    """config.json + safetensors into a local folder, replacing it atomically."""
     path = os.path.abspath(path)
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)

@@ -20,11 +20,11 @@ config knob here, with these defaults:
 
 import dataclasses
 import json
-import os
 from typing import Callable, Sequence
 
 import numpy as np
 
+from mm_rlhf_jax import distributed, storage
 from mm_rlhf_jax.data.prompts_pool import PromptRecord, write_prompt_pool
 from mm_rlhf_jax.registry import Registry
 
@@ -131,15 +131,15 @@ def pre_ppo_select(original: Sequence[PromptRecord], new_pool: Sequence[PromptRe
     picked = [dataclasses.replace(new_pool[i], meta={**new_pool[i].meta, "pre_ppo": {
         "score": float(scores[i]), "normalized": float(normalized[i])}}) for i in selected]
     result = Selection(train_pool=list(original) + picked, scores=scores, normalized=normalized, selected=selected)
-    if output_dir:
-        os.makedirs(output_dir, exist_ok=True)
+    if output_dir and distributed.is_primary():  # every process selects the same prompts; one writes
         chosen = set(selected.tolist())
-        with open(os.path.join(output_dir, "scores.jsonl"), "w", encoding="utf-8") as f:
-            for i, r in enumerate(new_pool):
-                f.write(json.dumps({"id": r.id, "domain": r.domain, "score": float(scores[i]),
-                                    "normalized": float(normalized[i]), "selected": i in chosen}) + "\n")
-        with open(os.path.join(output_dir, "summary.json"), "w") as f:
-            json.dump({**result.summary(), "fraction": fraction, "num_samples": num_samples,
-                       "normalization": normalization}, f, indent=1)
-        write_prompt_pool(os.path.join(output_dir, "selected.jsonl"), result.train_pool)
+        storage.write_atomic(storage.join(output_dir, "scores.jsonl"), "".join(
+            json.dumps({"id": r.id, "domain": r.domain, "score": float(scores[i]),
+                        "normalized": float(normalized[i]), "selected": i in chosen}) + "\n"
+            for i, r in enumerate(new_pool)))
+        storage.write_atomic(storage.join(output_dir, "summary.json"), json.dumps(
+            {**result.summary(), "fraction": fraction, "num_samples": num_samples,
+             "normalization": normalization}, indent=1))
+        # written last: its presence marks a finished selection
+        write_prompt_pool(storage.join(output_dir, "selected.jsonl"), result.train_pool)
     return result

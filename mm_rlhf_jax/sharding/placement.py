@@ -3,8 +3,8 @@
 Two kinds of host batch exist, and each has its put:
 
   put_batch(batch, mesh)    this process's rows of a global batch (a training
-                            iterator sharded per process): rows are split over
-                            the mesh's batch axes, processes contribute in turn.
+                            iterator or a reference pass sharded per process):
+                            `host_slot` says which rows those are.
   put_global(x, sharding)   an array every process holds in full and identical
                             (eval batches, rollout prompts, scalars): each device
                             takes its slice, nothing is duplicated.
@@ -15,6 +15,7 @@ replica, anything else through a cross-process all-gather. Outside this module
 nothing calls jax.device_get on a sharded array.
 """
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -38,14 +39,35 @@ def check_rows(n: int, mesh: Mesh, what: str) -> None:
                          f"({dict((a, mesh.shape[a]) for a in BATCH_AXES)}, total {divisor})")
 
 
-def per_host_batch(global_batch: int, mesh: Mesh) -> int:
-    """This process's share of a global batch (training iterators read only their shard)."""
-    divisor = batch_size_divisor(mesh)
-    if global_batch % divisor or global_batch % jax.process_count():
-        raise ValueError(f"global batch size {global_batch} must divide evenly over the mesh's batch axes "
-                         f"({dict((a, mesh.shape[a]) for a in BATCH_AXES)}, total {divisor}) and "
-                         f"{jax.process_count()} processes")
-    return global_batch // jax.process_count()
+@dataclasses.dataclass(frozen=True)
+class HostSlot:
+    """This process's rows of every global batch: rows [index * rows, (index + 1) * rows) of count * rows.
+
+    Data readers give each process exactly these rows, so the global batch (and
+    every result) is the same with any number of processes. Processes whose
+    devices hold the same rows (batch axes within a host) share an index.
+    """
+
+    rows: int
+    index: int
+    count: int
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        return self.index, self.count
+
+
+def host_slot(global_batch: int, mesh: Mesh) -> HostSlot:
+    """Which rows of a `global_batch`-row batch this process's devices hold (under row_sharding)."""
+    check_rows(global_batch, mesh, "global batch size")
+    blocks = {idx[0].indices(global_batch)[:2]
+              for idx in row_sharding(mesh, 1).addressable_devices_indices_map((global_batch,)).values()}
+    start, stop = min(b[0] for b in blocks), max(b[1] for b in blocks)
+    if sum(b - a for a, b in blocks) != stop - start:
+        raise ValueError(f"this process's devices hold rows {sorted(blocks)} of the global batch, not one "
+                         f"contiguous block; order the mesh's devices by process (sharding.make_mesh does)")
+    rows = stop - start
+    return HostSlot(rows=rows, index=start // rows, count=global_batch // rows)
 
 
 def batch_shardings(batch: dict, mesh: Mesh) -> dict:
@@ -56,6 +78,11 @@ def put_batch(batch: dict, mesh: Mesh) -> dict:
     """This process's rows (numpy) -> global arrays sharded over the batch axes."""
     shardings = batch_shardings(batch, mesh)
     return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(v)) for k, v in batch.items()}
+
+
+def gather_rows(rows: np.ndarray, mesh: Mesh) -> np.ndarray:
+    """Every process's rows (each process passes its host_slot rows) -> the global rows, on every process."""
+    return fetch(put_batch({"x": rows}, mesh)["x"])
 
 
 def put_global(x, sharding: NamedSharding) -> jax.Array:
@@ -89,6 +116,17 @@ def fetch(x) -> np.ndarray:
     if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
         return np.asarray(jax.device_get(x))
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def from_primary(x: np.ndarray) -> np.ndarray:
+    """Process 0's value of a host array on every process (host results that may differ across hosts,
+    such as sandbox runs hitting a wall-clock timeout, must not make the processes' states diverge)."""
+    x = np.asarray(x)
+    if jax.process_count() == 1:
+        return x
+    if x.dtype == bool:  # broadcast sums over processes: send bools as integers
+        return np.asarray(multihost_utils.broadcast_one_to_all(x.astype(np.int32))).astype(bool)
+    return np.asarray(multihost_utils.broadcast_one_to_all(x))
 
 
 def any_process(flag: bool) -> bool:

@@ -4,18 +4,25 @@ Orbax writes each step into a temporary directory and renames it when
 complete, so a crash or preemption mid-save never corrupts the latest good
 checkpoint. The data iterator's state is saved beside the train state, so a
 resumed run sees exactly the batches an uninterrupted run would have.
+
+The directory reaches orbax unchanged when it is a URL (orbax writes gs://
+through tensorstore and, there, marks complete steps with a commit file
+instead of a rename) and made absolute when local. Every process creates
+the manager and saves its own shards; orbax's primary host (process 0)
+writes the metadata.
 """
 
-import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from mm_rlhf_jax import storage
+
 
 class Checkpointer:
     def __init__(self, directory: str, *, max_to_keep: int = 2, async_save: bool = True):
-        self.directory = os.path.abspath(directory)
+        self.directory = storage.absolute(directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
         )

@@ -18,6 +18,7 @@ from typing import Any, Callable, Protocol
 import jax
 from tqdm import tqdm
 
+from mm_rlhf_jax import distributed
 from mm_rlhf_jax.sharding import placement
 from mm_rlhf_jax.train.checkpoint import Checkpointer
 from mm_rlhf_jax.train.metrics import MetricWriter, to_python
@@ -114,8 +115,12 @@ def run_loop(
 
     def checkpoint(step):
         drain()  # never checkpoint a step whose loss was not checked
+        writer.flush()  # metrics up to here survive a crash (remote metrics files are written in batches)
         checkpointer.save(step, state, data_iter.get_state())
 
+    # Every process starts the phase's first step (and its compile) together: on CPU, a collective's peers
+    # must connect within 30 s of each other.
+    distributed.barrier("run_loop")
     bar = tqdm(total=total_steps, initial=start, disable=not progress or jax.process_index() != 0,
                dynamic_ncols=True, desc="train")
     eval_metrics = {}

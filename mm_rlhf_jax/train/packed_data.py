@@ -89,15 +89,18 @@ def packed_iterator(source, encoder_cfg: EncoderConfig, d: ml_collections.Config
 def train_iterator(source, encoder_cfg: EncoderConfig, d: ml_collections.ConfigDict, mesh):
     """This process's training batches, repeating forever: [B, 2, T] of data.batch_size pairs, or packed rows
     of data.pack_rows (both global sizes)."""
-    if not d.packing:
-        cfg = pipeline.PipelineConfig(batch_size=placement.per_host_batch(d.batch_size, mesh), seed=d.seed,
-                                      num_epochs=None, num_workers=d.num_workers)
+    if not d.packing:  # global order: N processes see exactly the batches one process would
+        cfg = pair_data.train_pipeline(d.batch_size, mesh, seed=d.seed, num_workers=d.num_workers)
         return pipeline.make_iterator(source, encoder_cfg, cfg)
     if d.num_workers:
         raise ValueError("data.packing encodes in threads of this process (pipeline read_threads); "
                          "set data.num_workers=0")
-    rows = placement.per_host_batch(d.pack_rows, mesh)
-    cfg = pipeline.PipelineConfig(batch_size=rows, seed=d.seed, num_epochs=None)
+    # Packed: each host packs its own strided share of the examples into its slot's rows (the packer is
+    # sequential over a stream, so a global order would need every host to pack every row).
+    slot = placement.host_slot(d.pack_rows, mesh)
+    rows = slot.rows
+    cfg = pipeline.PipelineConfig(batch_size=rows, seed=d.seed, num_epochs=None, shard_index=slot.index,
+                                  shard_count=slot.count)
     return packed_iterator(source, encoder_cfg, d, cfg, packing_layout(d, encoder_cfg, rows=rows))
 
 

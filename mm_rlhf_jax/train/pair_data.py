@@ -7,17 +7,17 @@ same files. The tokenizer follows data.tokenizer.resolve_tokenizer.
 """
 
 import dataclasses
-import os
 
 import ml_collections
-import numpy as np
 
+from mm_rlhf_jax import storage
 from mm_rlhf_jax.data import pipeline
-from mm_rlhf_jax.data.example import EncoderConfig
+from mm_rlhf_jax.data.example import EncoderConfig, ExampleEncoder
 from mm_rlhf_jax.data.images import ImageProcessorConfig, tiny_pinpoints
 from mm_rlhf_jax.data.synthetic import build_once, mmrlhf, tiny_tokenizer
 from mm_rlhf_jax.data.tokenizer import resolve_tokenizer
 from mm_rlhf_jax.models.vlm import LlavaOnevisionConfig
+from mm_rlhf_jax.sharding import placement
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,14 +32,14 @@ class DataFiles:
 def prepare_files(d: ml_collections.ConfigDict, init_from: str, workdir: str) -> DataFiles:
     """The pair files named by the data block `d`, or the synthetic ones generated into workdir/data."""
     synthetic = d.synthetic and not d.train
-    tokenizer = resolve_tokenizer(d.tokenizer, init_from, os.path.join(workdir, "tokenizer"),
+    tokenizer = resolve_tokenizer(d.tokenizer, init_from, storage.join(workdir, "tokenizer"),
                                   tiny_tokenizer.build_tiny_tokenizer if synthetic else None)
     if synthetic:
         cfg = mmrlhf.SyntheticConfig(num_train=d.synthetic_train, num_heldout=d.synthetic_heldout,
                                      seed=d.synthetic_seed, train_hard_negatives=d.synthetic_hard_negatives,
                                      critique_style=d.synthetic_critiques)
-        root = build_once(os.path.join(workdir, "data"), lambda out: mmrlhf.write_dataset(out, cfg))
-        split = lambda s, f: os.path.join(root, s, f)
+        root = build_once(storage.join(workdir, "data"), lambda out: mmrlhf.write_dataset(out, cfg))
+        split = lambda s, f: storage.join(root, s, f)
         return DataFiles(tokenizer, split("train", "dpo_pairs.jsonl"), split("heldout", "dpo_pairs.jsonl"),
                          split("heldout", "data.jsonl"), None)
     if not d.train or not d.heldout:
@@ -69,17 +69,19 @@ def encoder_config(d: ml_collections.ConfigDict, tokenizer: str, model_config, i
     return EncoderConfig(tokenizer_path=tokenizer, max_length=max_length or d.max_length, kind=kind, **kw)
 
 
-def padded_batches(source, encoder_cfg: EncoderConfig, batch_size: int):
-    """One ordered pass over the whole source (the same on every process); yields (batch, n_valid).
+def padded_batches(source, encoder_cfg: EncoderConfig, batch_size: int, *, shard: tuple[int, int] = (0, 1)):
+    """One ordered pass over the whole source (data.pipeline.ordered_pass); yields (batch, n_valid).
 
-    The last batch is padded by repeating its first row. Batches are global
-    (every process holds all rows): place them with placement.put_global_batch.
+    The last batch is padded by repeating its first row. With the default
+    shard every process holds whole batches (place them with
+    placement.put_global_batch); with a host slot (placement.host_slot(...).shard)
+    each process encodes only its rows (placement.put_batch).
     """
-    cfg = pipeline.PipelineConfig(batch_size=batch_size, shuffle=False, num_epochs=1, drop_remainder=False,
-                                  shard_index=0, shard_count=1)
-    for batch in pipeline.make_iterator(source, encoder_cfg, cfg):
-        n = batch["input_ids"].shape[0]
-        if n < batch_size:
-            idx = np.concatenate([np.arange(n), np.zeros(batch_size - n, int)])
-            batch = {k: np.asarray(v)[idx] for k, v in batch.items()}
-        yield batch, n
+    yield from pipeline.ordered_pass(source, batch_size, pipeline.Encode(ExampleEncoder(encoder_cfg)), shard=shard)
+
+
+def train_pipeline(global_batch: int, mesh, *, seed: int, num_workers: int) -> pipeline.PipelineConfig:
+    """A shuffled, endless training pipeline giving this process its slot of each global batch."""
+    slot = placement.host_slot(global_batch, mesh)
+    return pipeline.PipelineConfig(batch_size=slot.rows, seed=seed, num_epochs=None, num_workers=num_workers,
+                                   shard_index=slot.index, shard_count=slot.count)

@@ -23,7 +23,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import os
 from typing import Any, Callable, Iterator
 
 import flax.linen as nn
@@ -31,6 +30,7 @@ import jax
 import ml_collections
 from jax.sharding import Mesh
 
+from mm_rlhf_jax import storage
 from mm_rlhf_jax.models import hf
 from mm_rlhf_jax.sharding import TRAIN_RULES, logical_shardings, make_mesh, placement, replicated, unbox_values
 from mm_rlhf_jax.train import checkpoint, loop, metrics as metrics_lib, partition, state as state_lib
@@ -44,13 +44,13 @@ class RunContext:
     writer: metrics_lib.MetricWriter  # the run's metrics.jsonl / TensorBoard / eval.json
 
     def path(self, *parts: str) -> str:
-        return os.path.join(self.workdir, *parts)
+        return storage.join(self.workdir, *parts)
 
 
 @contextlib.contextmanager
 def run_context(config: ml_collections.ConfigDict, workdir: str) -> Iterator[RunContext]:
     """The mesh from config.mesh, the run's writer and its saved config.json, with the mesh and rules set."""
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     mesh = make_mesh(config.mesh.to_dict())
     writer = metrics_lib.MetricWriter(workdir)
     writer.write_json("config.json", json.loads(config.to_json_best_effort()))
@@ -81,7 +81,7 @@ def run_phase(directory: str, ctx: RunContext, *, state_fn: Callable[[], Any], a
     """
     own_writer = writer is None
     writer = metrics_lib.MetricWriter(directory) if own_writer else writer
-    ckpt = checkpoint.Checkpointer(os.path.join(directory, "checkpoints"), max_to_keep=max_to_keep)
+    ckpt = checkpoint.Checkpointer(storage.join(directory, "checkpoints"), max_to_keep=max_to_keep)
     try:
         state = loop.restore_if_any(ckpt, abstract_state, data_iter)
         if state is None:
@@ -103,7 +103,7 @@ def run_phase(directory: str, ctx: RunContext, *, state_fn: Callable[[], Any], a
 
 def has_checkpoint(directory: str) -> bool:
     """Has a phase in `directory` checkpointed (so its starting parameters are not needed)?"""
-    ckpt = checkpoint.Checkpointer(os.path.join(directory, "checkpoints"), max_to_keep=1)
+    ckpt = checkpoint.Checkpointer(storage.join(directory, "checkpoints"), max_to_keep=1)
     try:
         return ckpt.latest_step() is not None
     finally:

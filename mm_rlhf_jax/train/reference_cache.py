@@ -16,14 +16,26 @@ tokens, masks and media tiles only, so a pair has one key wherever it is
 packed. Packed and unpacked keys differ (different arrays are hashed): a run
 that switches data.packing computes its reference log-probs again, each
 layout's numbers coming from its own forward.
+
+Several processes (`fill`): each encodes only its rows of every global batch
+(its host slot) and the reference runs on the whole mesh; keys and log-probs
+are gathered to every process in global row order, so every process holds the
+same table, and process 0 alone writes the file (atomically, so a crash or a
+SIGKILL leaves the previous file or the new one). A resumed run loads the
+file on every process and computes only the batches some pair of which is
+missing.
 """
 
 import hashlib
+import io
 import json
-import os
-import tempfile
+import logging
 
 import numpy as np
+
+from mm_rlhf_jax import distributed, storage
+from mm_rlhf_jax.sharding import placement
+from mm_rlhf_jax.train import packed_data, pair_data
 
 # Batch keys whose content identifies an example (those present are hashed).
 CONTENT_KEYS = ("input_ids", "attention_mask", "loss_mask", "pixel_values", "image_sizes", "has_image",
@@ -36,18 +48,18 @@ def reference_id(identity: dict) -> str:
 
 
 def checkpoint_identity(path: str) -> dict:
-    """Identity of an on-disk checkpoint folder: file names, sizes and mtimes (cheap, no reads)."""
+    """Identity of a checkpoint folder (local or URL): file names, sizes and mtimes (cheap, no reads)."""
     files = []
-    for name in sorted(os.listdir(path)):
-        st = os.stat(os.path.join(path, name))
-        files.append((name, st.st_size, int(st.st_mtime)))
-    return {"path": os.path.abspath(path), "files": files}
+    for name in storage.listdir(path):
+        size, mtime = storage.stat(storage.join(path, name))
+        files.append((name, size, int(mtime)))
+    return {"path": storage.absolute(path), "files": files}
 
 
 def file_digest(path: str) -> str:
     """Content hash of one file (read in 1 MiB blocks)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with storage.open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()[:20]
@@ -102,10 +114,10 @@ class ReferenceCache:
     """In-memory map example key -> f32[2] (chosen, rejected), persisted atomically as npz."""
 
     def __init__(self, cache_dir: str, ref_id: str):
-        self.path = os.path.join(cache_dir, ref_id, "logps.npz")
+        self.path = storage.join(cache_dir, ref_id, "logps.npz")
         self.table: dict[str, np.ndarray] = {}
-        if os.path.exists(self.path):
-            with np.load(self.path) as z:
+        if storage.exists(self.path):
+            with np.load(io.BytesIO(storage.read_bytes(self.path))) as z:
                 self.table = dict(zip(z["keys"].tolist(), z["logps"]))
 
     def __contains__(self, key: str) -> bool:
@@ -121,13 +133,14 @@ class ReferenceCache:
                 self.table[k] = v
 
     def save(self) -> None:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), suffix=".npz")
-        os.close(fd)
+        """Writes the table (process 0 only: every process holds the same table)."""
+        if not distributed.is_primary():
+            return
         keys = np.array(sorted(self.table), dtype="<U40")
-        np.savez(tmp, keys=keys, logps=np.stack([self.table[k] for k in keys.tolist()]) if len(keys)
+        buf = io.BytesIO()
+        np.savez(buf, keys=keys, logps=np.stack([self.table[k] for k in keys.tolist()]) if len(keys)
                  else np.zeros((0, 2), np.float32))
-        os.replace(tmp, self.path)
+        storage.write_atomic(self.path, buf.getvalue())
 
     def lookup(self, batch: dict) -> np.ndarray:
         """f32[B, 2] for a numpy batch (packed: f32[R, K, 2], 0 on empty slots); raises KeyError naming the
@@ -143,3 +156,55 @@ class ReferenceCache:
             out.append(self.table[k])
         out = np.stack(out)
         return out.reshape(batch["pair_valid"].shape + (2,)) if "pair_valid" in batch else out
+
+
+def _digests(keys: list[str]) -> np.ndarray:
+    return np.array([np.frombuffer(bytes.fromhex(k), np.uint8) for k in keys])
+
+
+def _unpacked_pass(source, encoder_cfg, d, mesh):
+    """(host rows, device batch, finish) per global batch: each process encodes its host slot only."""
+    slot = placement.host_slot(d.eval_batch_size, mesh)
+    for batch, n in pair_data.padded_batches(source, encoder_cfg, d.eval_batch_size, shard=slot.shard):
+        local = example_keys(batch)
+
+        def finish(logps, local=local, n=n):  # every process: the whole batch's keys and log-probs, row order
+            keys = [bytes(k).hex() for k in placement.gather_rows(_digests(local), mesh)][:n]
+            return keys, logps[:n]
+
+        yield local, lambda batch=batch: placement.put_batch(batch, mesh), finish
+
+
+def _packed_pass(source, encoder_cfg, d, mesh):
+    """As _unpacked_pass for packed rows: every process packs the whole pass (the packer is sequential)."""
+    for batch, index in packed_data.pass_batches(source, encoder_cfg, d):
+        keys = [k for k, i in zip(example_keys(batch), index) if i >= 0]
+        yield keys, lambda batch=batch: placement.put_global_batch(batch, mesh), \
+            lambda logps, keys=keys, index=index: (keys, logps.reshape(-1, 2)[index >= 0])
+
+
+def fill(cache: ReferenceCache, logps_fn, params_fn, sources, encoder_cfg, d, mesh) -> int:
+    """Computes and stores reference log-probs for every uncached pair of `sources`; returns how many.
+
+    d: the data block (its layout: [B, 2, T] batches of d.eval_batch_size pairs, or packed rows).
+    logps_fn(params, device batch) -> f32[B, 2] (packed: f32[R, K, 2]) row-sharded; params_fn() -> the
+    reference's parameters, called (on every process at once) only when some batch is missing. Every
+    process calls fill with the same arguments.
+    """
+    passes = _packed_pass if d.packing else _unpacked_pass
+    params, added = None, 0
+    for source in sources:
+        for local_keys, put, finish in passes(source, encoder_cfg, d, mesh):
+            if not placement.any_process(not all(k in cache for k in local_keys)):
+                continue
+            if params is None:
+                logging.info("computing reference log-probs into %s", cache.path)
+                params = params_fn()
+            keys, logps = finish(placement.fetch(logps_fn(params, put())))
+            cache.add(keys, logps)
+            added += len(keys)
+    if added:
+        cache.save()
+        distributed.barrier("reference_cache")
+        logging.info("cached reference log-probs for %d pairs", added)
+    return added

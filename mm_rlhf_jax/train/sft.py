@@ -39,7 +39,7 @@ from mm_rlhf_jax.data import pairs as pairs_lib, pipeline
 from mm_rlhf_jax.data.sources import RecordPairSource
 from mm_rlhf_jax.data.tokenize import encode_turns
 from mm_rlhf_jax.sharding import placement
-from mm_rlhf_jax.train import forward, phase, reference_cache, state as state_lib
+from mm_rlhf_jax.train import forward, pair_data, phase, reference_cache, state as state_lib
 from mm_rlhf_jax.train.optim import sft_optimizer
 
 # Batch keys with the pair axis (see data.batch); the SFT loss keeps index 0 (chosen).
@@ -108,14 +108,30 @@ def text_demos(tokenizer, conversations: Sequence[tuple[str, str]], max_length: 
 
 
 class ArrayBatches:
-    """Seeded random batches of in-memory arrays; the state is the next batch index (checkpointable)."""
+    """Seeded random batches of in-memory arrays; the state is the next batch index (checkpointable).
 
-    def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, seed: int):
+    batch_size is the global batch; shard = (index, count) gives this process
+    its rows of it (placement.host_slot(...).shard): every process draws the
+    same global rows, so N processes see the batches one process would.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, seed: int, *,
+                 shard: tuple[int, int] = (0, 1)):
+        index, count = shard
+        if batch_size % count:
+            raise ValueError(f"batch size {batch_size} does not split into {count} host slots")
         self.arrays, self.batch_size, self.seed, self.index = arrays, batch_size, seed, 0
+        rows = batch_size // count
+        self._rows = slice(index * rows, (index + 1) * rows)
         self.n = len(next(iter(arrays.values())))
 
+    @classmethod
+    def for_mesh(cls, arrays: dict[str, np.ndarray], batch_size: int, seed: int, mesh) -> "ArrayBatches":
+        """This process's rows of global batches of batch_size on `mesh`."""
+        return cls(arrays, batch_size, seed, shard=placement.host_slot(batch_size, mesh).shard)
+
     def __next__(self):
-        rows = np.random.default_rng([self.seed, self.index]).integers(self.n, size=self.batch_size)
+        rows = np.random.default_rng([self.seed, self.index]).integers(self.n, size=self.batch_size)[self._rows]
         self.index += 1
         return {k: v[rows] for k, v in self.arrays.items()}
 
@@ -156,9 +172,8 @@ def on_pairs(ctx: phase.RunContext, module, params, source, encoder_cfg, w: ml_c
     if not w.steps:
         return params
     best = best_responses(source, w.top_k)
-    batches = pipeline.make_iterator(best, encoder_cfg, pipeline.PipelineConfig(
-        batch_size=placement.per_host_batch(w.batch_size or batch_size, ctx.mesh), seed=w.seed, num_epochs=None,
-        num_workers=num_workers))
+    batches = pipeline.make_iterator(best, encoder_cfg, pair_data.train_pipeline(
+        w.batch_size or batch_size, ctx.mesh, seed=w.seed, num_workers=num_workers))
     logging.info("warm start: %d best responses", len(best))
     return run(ctx.path("warm_start"), ctx, module, params, batches, w, trainable=trainable)
 

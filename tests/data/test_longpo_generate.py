@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import re
 
 import pytest
@@ -58,6 +59,11 @@ class FakeModel:
         return longdoc_task.ANSWER.format(name=name, value=value)
 
 
+def stage_text(folder):
+    """A stage folder's parts concatenated in write order."""
+    return "".join((folder / n).read_text() for n in sorted(os.listdir(folder)) if n.startswith("part-"))
+
+
 def _setup(tmp_path):
     tok = load_tokenizer(longdoc_task.build_tokenizer(str(tmp_path / "tok"), prompts.PHRASES))
     docs = [{"id": d.doc_id, "text": d.text} for d in longdoc_task.make_documents(5, 12, TASK)]
@@ -82,7 +88,7 @@ def test_generation_filters_groups_and_resumes_identically(tmp_path):
     # answers are dropped with their reason; each document keeps <= turns_per_doc turns.
     assert stats["documents_in_length_range"] == 12 and stats["chunks"] == 36
     assert stats["questions"] == 36 - sum(json.loads(line)["question"] is None
-                                          for line in open(tmp_path / "full" / "questions.jsonl"))
+                                          for line in stage_text(tmp_path / "full" / "questions").splitlines())
     drops = stats["dropped"]
     assert set(drops) <= {"chosen_refused", "rejected_refused", "rejected_repetitive", "doc_too_few_turns"}
     assert drops["chosen_refused"] >= 1 and drops["rejected_refused"] + drops["rejected_repetitive"] >= 1
@@ -98,19 +104,22 @@ def test_generation_filters_groups_and_resumes_identically(tmp_path):
             assert y_s == f"{name} {truth} ." and y_l.startswith(f"{name} ")
     assert load_samples(str(tmp_path / "full" / "samples.jsonl"))[0]["questions"] == samples[0]["questions"]
 
-    # Crash in the middle of the chosen stage, leave a torn line, resume: same files, no repeated work.
+    # Crash in the middle of the chosen stage, leave a half-written part (the temporary file of an
+    # interrupted write), resume: same files, no repeated work.
     crash = FakeModel(batch_size=4, crash_after=12)
     with pytest.raises(RuntimeError, match="simulated crash"):
         _generate(tmp_path / "resumed", docs, count, cfg, crash)
-    with open(tmp_path / "resumed" / "chosen.jsonl", "a") as f:
-        f.write('{"key": "torn')
+    (tmp_path / "resumed" / "chosen" / ".tmp_interrupted").write_text('{"key": "torn')
     resumed = FakeModel(batch_size=4)
     samples2, stats2 = _generate(tmp_path / "resumed", docs, count, cfg, resumed)
     strip = lambda ss: [{k: v for k, v in s.items() if k != "where"} for s in ss]  # "where" names the file
     assert strip(samples2) == strip(samples) and stats2 == stats
     assert crash.items + resumed.items == full_model.items
-    for name in ("questions.jsonl", "chosen.jsonl", "rejected.jsonl", "samples.jsonl"):
-        assert (tmp_path / "full" / name).read_text() == (tmp_path / "resumed" / name).read_text(), name
+    for name in ("questions", "chosen", "rejected"):
+        assert stage_text(tmp_path / "full" / name) == stage_text(tmp_path / "resumed" / name), name
+        assert sorted(os.listdir(tmp_path / "full" / name)) == [n for n in sorted(os.listdir(tmp_path / "resumed" / name))
+                                                              if n.startswith("part-")], name
+    assert (tmp_path / "full" / "samples.jsonl").read_text() == (tmp_path / "resumed" / "samples.jsonl").read_text()
     # A finished directory is read back without calling the model.
     idle = FakeModel(batch_size=4, crash_after=0)
     assert strip(_generate(tmp_path / "resumed", docs, count, cfg, idle)[0]) == strip(samples)

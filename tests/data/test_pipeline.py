@@ -1,4 +1,4 @@
-"""grain pipelines: contents, determinism, per-epoch reshuffle, host shards, resume from saved state."""
+"""grain pipelines: contents, determinism, per-epoch reshuffle, host slots, ordered passes, resume from saved state."""
 
 import json
 import os
@@ -113,14 +113,41 @@ def test_deterministic_and_reshuffled_each_epoch(tiny_tok_dir, dpo_source):
     assert order(cfg(batch_size=1, num_epochs=1, seed=8)) != first
 
 
-def test_host_shards_are_equal_disjoint_and_cover():
-    ds = grain.MapDataset.source(list(range(23)))
-    shards = [list(pipeline.host_shard(ds, i, 3)) for i in range(3)]
-    assert [len(s) for s in shards] == [7, 7, 7]
-    assert sorted(sum(shards, [])) == list(range(21))
+def test_host_slots_put_together_are_the_one_host_batches(tiny_tok_dir, dpo_source):
+    """Global order: host i of n takes rows [i*b, (i+1)*b) of each global batch of n*b rows, so the
+    hosts' batches side by side are exactly what one host reads with batch n*b."""
+    one = take(pipeline.make_iterator(dpo_source, enc(tiny_tok_dir), cfg(batch_size=6)), 3)
+    hosts = [take(pipeline.make_iterator(dpo_source, enc(tiny_tok_dir), cfg(batch_size=2, shard_index=i,
+                                                                               shard_count=3)), 3)
+             for i in range(3)]
+    together = [{k: np.concatenate([h[s][k] for h in hosts]) for k in one[0]} for s in range(3)]
+    assert_same_batches(one, together)
     assert pipeline.PipelineConfig(batch_size=1).shard() == (0, 1)  # one jax process here
     with pytest.raises(ValueError, match="both shard_index and shard_count"):
         pipeline.PipelineConfig(batch_size=1, shard_index=1).shard()
+
+
+def test_finite_pipeline_keeps_whole_global_batches():
+    ds = grain.MapDataset.source(list(range(23))).batch(2, drop_remainder=True)  # 11 host-sized batches
+    slots = [list(pipeline.host_slot(ds, cfg(num_epochs=1, shard_index=i, shard_count=3))) for i in range(3)]
+    assert [len(s) for s in slots] == [3, 3, 3]  # 11 // 3 whole global batches of 6 rows
+    assert [x.tolist() for x in slots[1]] == [[2, 3], [8, 9], [14, 15]]
+    with pytest.raises(ValueError, match="drop_remainder=True"):
+        pipeline.host_slot(ds, cfg(num_epochs=1, drop_remainder=False, shard_index=0, shard_count=3))
+
+
+def test_ordered_pass_host_rows_make_the_padded_global_batches(tiny_tok_dir, dpo_source):
+    encode = pipeline.Encode(pipeline.ExampleEncoder(enc(tiny_tok_dir)))
+    whole = list(pipeline.ordered_pass(dpo_source, 8, encode))
+    assert len(dpo_source) % 8 and whole[-1][1] == len(dpo_source) % 8  # a padded last batch
+    halves = [list(pipeline.ordered_pass(dpo_source, 8, encode, shard=(i, 2))) for i in range(2)]
+    for (batch, n), (a, na), (b, nb) in zip(whole, *halves):
+        assert n == na == nb
+        for k in batch:
+            np.testing.assert_array_equal(batch[k], np.concatenate([a[k], b[k]]), err_msg=k)
+    last, n = whole[-1]
+    for k in last:  # the padded rows repeat the batch's first row
+        np.testing.assert_array_equal(last[k][n:], np.repeat(last[k][:1], 8 - n, axis=0), err_msg=k)
 
 
 def test_resume_in_process(tiny_tok_dir, dpo_source):

@@ -1,6 +1,8 @@
-"""One process of the 2-process test: a sharded forward of a tiny decoder over 8 global devices.
+"""One process of the 2-process test: a sharded forward of a tiny decoder over 8 global devices, and the
+placement module's multi-process transfers.
 
 Usage: python multihost_worker.py PROCESS_ID NUM_PROCESSES PORT OUT.npy
+(OUT.npy: process 0's replicated logits; OUT.npy.<process>.npz: what each process's placement calls returned)
 """
 
 import sys
@@ -31,6 +33,16 @@ def main(process_id: int, num_processes: int, port: int, out: str) -> None:
         forward = jax.jit(lambda p, x: model.apply({"params": p}, x).logits,
                           in_shardings=(shardings, in_sharding), out_shardings=replicated(mesh))
         logits = forward(params, batch)
+        # The same forward with batch-sharded logits, fetched to every process.
+        sharded = jax.jit(lambda p, x: model.apply({"params": p}, x).logits, in_shardings=(shardings, in_sharding),
+                          out_shardings=placement.row_sharding(mesh, 3))(params, batch)
+        slot = placement.host_slot(8, mesh)
+        mine = np.arange(slot.rows) + 100 * process_id
+        np.savez(f"{out}.{process_id}.npz", fetched=placement.fetch(sharded), slot=np.array([slot.rows, slot.index,
+                                                                                              slot.count]),
+                 gathered=placement.gather_rows(mine, mesh), primary=placement.from_primary(np.array([process_id])),
+                 flags=placement.from_primary(np.array([process_id == 0, False])),
+                 any=np.array(placement.any_process(process_id == 1)))
     local = np.asarray(logits.addressable_data(0))
     if process_id == 0:
         np.save(out, local)

@@ -1,4 +1,5 @@
-"""2 local CPU processes (4 devices each) under jax.distributed == the single-process forward."""
+"""2 local CPU processes (4 devices each) under jax.distributed == the single-process forward; the placement
+module's transfers across processes (fetch of sharded results, host slots, row gathers, broadcasts)."""
 
 import os
 import subprocess
@@ -29,3 +30,10 @@ def test_two_process_sharded_forward_matches_single_process(tmp_path):
     got = np.load(out)
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, atol=1e-5 * np.abs(expected).max())
+    for i in range(2):
+        r = np.load(f"{out}.{i}.npz")
+        np.testing.assert_allclose(r["fetched"], expected, atol=1e-5 * np.abs(expected).max())  # all-gathered
+        # Mesh data 2 x fsdp 2 x tensor 2: process i's devices hold rows [4i, 4i + 4) of an 8-row batch.
+        assert r["slot"].tolist() == [4, i, 2]
+        assert r["gathered"].tolist() == [0, 1, 2, 3, 100, 101, 102, 103]
+        assert r["primary"].tolist() == [0] and r["flags"].tolist() == [True, False] and bool(r["any"])

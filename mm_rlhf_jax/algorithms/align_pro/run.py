@@ -20,10 +20,10 @@ prompter: SFT on imperfect rewrites), checkpoints/, initial_eval.json, eval.json
 """
 
 import dataclasses
-import os
 
 import ml_collections
 
+from mm_rlhf_jax import storage
 from mm_rlhf_jax.algorithms.align_pro.env import AlignProEnv, reward_summary
 from mm_rlhf_jax.algorithms.ppo import data as rl_data, rewards, trainer
 from mm_rlhf_jax.data.curriculum import Curriculum, CurriculumSampler
@@ -61,7 +61,7 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> AlignProDat
         prompter = reasoning.rewrite_conversations(
             reasoning.paraphrased(splits["sft"]), config.warm_start.seed, p_canonical=d.rewrite_p_canonical,
             p_copy=d.rewrite_p_copy, template=config.align_pro.prompter_template)
-        load = lambda name: load_prompt_pool(os.path.join(folder, f"{name}.jsonl"))
+        load = lambda name: load_prompt_pool(storage.join(folder, f"{name}.jsonl"))
         return AlignProData(tok, frozen, prompter, load("train"), load("heldout"))
     if not d.pool or not d.heldout:
         raise ValueError("set data.pool and data.heldout (prompt-pool jsonl files), or data.synthetic=True")
@@ -83,8 +83,8 @@ def frozen_model(config: ml_collections.ConfigDict, ctx: phase.RunContext, data:
     params = model_factory.initial_params(config.model, module, ctx.mesh, ctx.rules, config.seed + 11)
     tok = cached_tokenizer(f.tokenizer or data.tokenizer)
     w = f.warm_start
-    batches = sft.ArrayBatches(sft.text_demos(tok, data.frozen_demos, w.max_length),
-                               placement.per_host_batch(w.batch_size, ctx.mesh), w.seed)
+    batches = sft.ArrayBatches.for_mesh(sft.text_demos(tok, data.frozen_demos, w.max_length), w.batch_size,
+                                        w.seed, ctx.mesh)
     params = sft.run(ctx.path("frozen"), ctx, module, params, batches, w)
     return module, placement.reshard(params, hf.param_shardings(module, ctx.mesh, SAMPLING_RULES)), tok
 
@@ -123,8 +123,8 @@ def run(config: ml_collections.ConfigDict, workdir: str):
         params0 = model_factory.initial_params(config.model, module, mesh, ctx.rules, config.seed)
         w = config.warm_start
         if w.steps:
-            batches = sft.ArrayBatches(sft.text_demos(tok, data.prompter_demos, w.max_length),
-                                       placement.per_host_batch(w.batch_size, mesh), w.seed)
+            batches = sft.ArrayBatches.for_mesh(sft.text_demos(tok, data.prompter_demos, w.max_length),
+                                                w.batch_size, w.seed, mesh)
             params0 = sft.run(ctx.path("warm_start"), ctx, module, params0, batches, w, trainable=trainable)
         router = rewards.build_router(config.reward, rewards.build_genrm(config, ctx, data.tokenizer))
         router.check(data.pool + data.heldout)

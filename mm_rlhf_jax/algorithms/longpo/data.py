@@ -9,6 +9,7 @@
 
 import dataclasses
 import functools
+import io
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from mm_rlhf_jax import distributed, storage
 from mm_rlhf_jax.algorithms.longpo import step as step_lib
 from mm_rlhf_jax.data.errors import DataError, Where
 from mm_rlhf_jax.data.longpo import prompts
@@ -38,9 +40,9 @@ QUERY_PROMPTS.register("tiny")(longdoc.SELF_INSTRUCT_PROMPT)
 
 
 def read_jsonl(path: str, fields) -> list[dict]:
-    """The objects of a jsonl file; a missing field is an error naming the file, line and field."""
+    """The objects of a jsonl file (local or URL); a missing field is an error naming the file, line and field."""
     out = []
-    with open(path, encoding="utf-8") as f:
+    with storage.open(path) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -56,7 +58,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str):
     """(tokenizer path, documents, eval records): the synthetic task is built once into workdir/data."""
     d = config.data
     synthetic = d.synthetic and not d.documents
-    tok = resolve_tokenizer(d.tokenizer, config.model.init_from, os.path.join(workdir, "data", "tokenizer"),
+    tok = resolve_tokenizer(d.tokenizer, config.model.init_from, storage.join(workdir, "data", "tokenizer"),
                             (lambda p: longdoc.build_tokenizer(p, prompts.PHRASES)) if synthetic else None)
     if synthetic:
         task = longdoc.TaskConfig(passages_per_doc=d.synthetic_passages_per_doc, min_filler=d.synthetic_min_filler,
@@ -70,9 +72,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str):
                 for r in longdoc.eval_records(heldout, d.synthetic_seed + 2):
                     f.write(json.dumps(r) + "\n")
 
-        docs_dir = build_once(os.path.join(workdir, "data", "task"), build)
-        documents = os.path.join(docs_dir, "documents.jsonl")
-        records = os.path.join(docs_dir, "eval_records.jsonl")
+        docs_dir = build_once(storage.join(workdir, "data", "task"), build)
+        documents = storage.join(docs_dir, "documents.jsonl")
+        records = storage.join(docs_dir, "eval_records.jsonl")
     else:
         if not d.documents:
             raise ValueError("set data.documents (jsonl of {'id', 'text'} long documents) or data.synthetic=True")
@@ -140,20 +142,26 @@ def fitting(config: ml_collections.ConfigDict, tokenizer_path: str, samples):
 
 def reference_logps(ctx: phase.RunContext, config: ml_collections.ConfigDict, r: int, tokenizer_path: str, module,
                     params, samples) -> np.ndarray:
-    """f32[N, 2]: sum over turns of log pi_S(y | short context), cached in round_<r>/ref_logps.npy."""
+    """f32[N, 2]: sum over turns of log pi_S(y | short context), cached in round_<r>/ref_logps.npy.
+
+    Each process tokenizes only its rows of every batch (its host slot); the
+    log-probs are gathered to every process and process 0 writes the file.
+    """
     path = ctx.path(f"round_{r}", "ref_logps.npy")
-    if os.path.exists(path):
-        ref = np.load(path)
+    if storage.exists(path):
+        ref = np.load(io.BytesIO(storage.read_bytes(path)))
         if ref.shape == (len(samples), 2):
             return ref
     fn = jax.jit(functools.partial(step_lib.reference_logps, module))
+    batch_size = config.longpo.reference_batch_size
     out = []
-    for batch, n in padded_batches(SampleSource(samples), tokenizer_path, layout(config),
-                                   config.longpo.reference_batch_size):
+    for batch, n in padded_batches(SampleSource(samples), tokenizer_path, layout(config), batch_size,
+                                   shard=placement.host_slot(batch_size, ctx.mesh).shard):
         ref_keys = {k: v for k, v in batch.items() if k.startswith("ref_")}
-        out.append(placement.fetch(fn(params, placement.put_global_batch(ref_keys, ctx.mesh)))[:n])
+        out.append(placement.fetch(fn(params, placement.put_batch(ref_keys, ctx.mesh)))[:n])
     ref = np.concatenate(out).astype(np.float32)
-    if jax.process_index() == 0:
-        np.save(path + ".tmp.npy", ref)
-        os.replace(path + ".tmp.npy", path)
+    if distributed.is_primary():
+        buf = io.BytesIO()
+        np.save(buf, ref)
+        storage.write_atomic(path, buf.getvalue())
     return ref

@@ -33,13 +33,11 @@ from mm_rlhf_jax.data.errors import Where
 from mm_rlhf_jax.data.longpo import prompts
 from mm_rlhf_jax.data.longpo.pipeline import SampleSource, make_iterator
 from mm_rlhf_jax.data.longpo.samples import render
-from mm_rlhf_jax.data.pipeline import PipelineConfig
 from mm_rlhf_jax.data.synthetic import longdoc
 from mm_rlhf_jax.data.tokenizer import cached_tokenizer
 from mm_rlhf_jax.models import hf
 from mm_rlhf_jax.models.config import DecoderConfig
-from mm_rlhf_jax.sharding import placement
-from mm_rlhf_jax.train import model_factory, phase, sft
+from mm_rlhf_jax.train import model_factory, pair_data, phase, sft
 
 
 def warm_start(ctx: phase.RunContext, config: ml_collections.ConfigDict, tokenizer_path: str, module, params):
@@ -50,8 +48,7 @@ def warm_start(ctx: phase.RunContext, config: ml_collections.ConfigDict, tokeniz
                               sft_min_passages=w.min_passages, sft_max_passages=w.max_passages)
     convs = longdoc.sft_examples(w.seed, w.num_examples, prompts.PHRASES, task)
     seqs = [render(tok, conv, Where("<warm start>", i + 1), "conversation") for i, conv in enumerate(convs)]
-    batches = sft.ArrayBatches(sft.sequence_arrays(seqs, 0, w.max_length), placement.per_host_batch(w.batch_size,
-                                                                                                      ctx.mesh), w.seed)
+    batches = sft.ArrayBatches.for_mesh(sft.sequence_arrays(seqs, 0, w.max_length), w.batch_size, w.seed, ctx.mesh)
     logging.info("warm start: SFT on %d short-context task examples", len(convs))
     return sft.run(ctx.path("warm_start"), ctx, module, params, batches, w,
                    trainable=model_factory.TRAINABLE.get(config.model.trainable))
@@ -81,8 +78,7 @@ def train_round(ctx: phase.RunContext, config: ml_collections.ConfigDict, base: 
     evaluator = Evaluator(ctx, config, tokenizer_path, records, SampleSource(held_s, held_ref) if held_s else None,
                           zigzag_shards=zigzag)
     policy, policy_gen = module_for(config, base, theta, train=True), module_for(config, base, theta)
-    cfg = PipelineConfig(batch_size=placement.per_host_batch(d.batch_size, ctx.mesh), seed=d.seed + r,
-                         num_epochs=None, num_workers=d.num_workers)
+    cfg = pair_data.train_pipeline(d.batch_size, ctx.mesh, seed=d.seed + r, num_workers=d.num_workers)
     data_iter = make_iterator(SampleSource(train_s, train_ref), tokenizer_path, longpo_data.layout(config), cfg)
     logging.info("round %d: %d train / %d held-out samples, policy RoPE theta %g (reference %g)", r, len(train_s),
                  len(held_s), theta, ref_theta)

@@ -16,13 +16,12 @@ re-running the same command resumes):
 """
 
 import functools
-import logging
-import os
 
 import jax
 import ml_collections
 import numpy as np
 
+from mm_rlhf_jax import storage
 from mm_rlhf_jax.algorithms.mm_dpo import spec, step as step_lib
 from mm_rlhf_jax.data.example import ExampleEncoder
 from mm_rlhf_jax.data.prompts import encode_prompt
@@ -55,26 +54,6 @@ class WithReference:
         self.iterator.set_state(state)
 
 
-def fill_reference_cache(cache, logps_fn, params_fn, sources, encoder_cfg, d, mesh) -> None:
-    """Computes and stores reference log-probs for every uncached pair of `sources` (in data block d's layout)."""
-    params = None
-    added = 0
-    for source in sources:
-        for batch, index in packed_data.pass_batches(source, encoder_cfg, d):
-            keys = [k for k, i in zip(reference_cache.example_keys(batch), index) if i >= 0]
-            if all(k in cache for k in keys):
-                continue
-            if params is None:
-                logging.info("computing reference log-probs into %s", cache.path)
-                params = params_fn()
-            logps = placement.fetch(logps_fn(params, placement.put_global_batch(batch, mesh)))
-            cache.add(keys, logps.reshape(-1, 2)[index >= 0])
-            added += len(keys)
-    if added:
-        cache.save()
-        logging.info("cached reference log-probs for %d pairs", added)
-
-
 def make_eval_fn(module, files, heldout, encoder_cfg, cache, config, mesh):
     """eval_fn(params) -> flat metrics: held-out implicit-reward accuracy (+ greedy answer accuracy).
 
@@ -88,7 +67,7 @@ def make_eval_fn(module, files, heldout, encoder_cfg, cache, config, mesh):
     if e.generation and files.heldout_queries:
         queries = load_queries(files.heldout_queries, media_root=files.media_root)[: e.num_queries]
         encoder = ExampleEncoder(encoder_cfg)
-        media_root = files.media_root or os.path.dirname(os.path.abspath(files.heldout_queries))
+        media_root = files.media_root or storage.dirname(files.heldout_queries)
         prompts = [encode_prompt(encoder, q, media_root=media_root) for q in queries]
         generator = Generator(module, cached_tokenizer(files.tokenizer), mesh, max_new_tokens=e.max_new_tokens,
                               batch_size=d.eval_batch_size,
@@ -144,7 +123,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
         logps_fn = jax.jit(functools.partial(step_lib.policy_logps_step, module=module))
         fresh = not phase.has_checkpoint(workdir)
         params = params_fn() if fresh else None
-        fill_reference_cache(cache, logps_fn, (lambda: params) if fresh else params_fn, [train_src, heldout_src],
+        reference_cache.fill(cache, logps_fn, (lambda: params) if fresh else params_fn, [train_src, heldout_src],
                              encoder_cfg, d, mesh)
 
         data_iter = WithReference(packed_data.train_iterator(train_src, encoder_cfg, d, mesh), cache)

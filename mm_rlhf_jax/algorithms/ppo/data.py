@@ -6,10 +6,10 @@ reads the same files.
 """
 
 import dataclasses
-import os
 
 import ml_collections
 
+from mm_rlhf_jax import storage
 from mm_rlhf_jax.data.prompts_pool import PromptRecord, load_prompt_pool
 from mm_rlhf_jax.data.synthetic import build_once, reasoning
 from mm_rlhf_jax.data.tokenizer import resolve_tokenizer
@@ -27,7 +27,7 @@ class RLData:
 def tokenizer(d: ml_collections.ConfigDict, init_from: str, workdir: str) -> str:
     """The run's tokenizer (data.tokenizer.resolve_tokenizer; synthetic runs: the reasoning tasks' one)."""
     synthetic = d.synthetic and not d.pool
-    return resolve_tokenizer(d.tokenizer, init_from, os.path.join(workdir, "data", "tokenizer"),
+    return resolve_tokenizer(d.tokenizer, init_from, storage.join(workdir, "data", "tokenizer"),
                              reasoning.build_tokenizer if synthetic else None)
 
 
@@ -36,9 +36,9 @@ def write_pools(workdir: str, splits: dict[str, list[dict]]) -> str:
 
     def build(folder):
         for name, recs in splits.items():
-            reasoning.write_pool(os.path.join(folder, f"{name}.jsonl"), recs)
+            reasoning.write_pool(storage.join(folder, f"{name}.jsonl"), recs)
 
-    return build_once(os.path.join(workdir, "data", "pools"), build)
+    return build_once(storage.join(workdir, "data", "pools"), build)
 
 
 def prepare(d: ml_collections.ConfigDict, init_from: str, workdir: str) -> RLData:
@@ -50,7 +50,7 @@ def prepare(d: ml_collections.ConfigDict, init_from: str, workdir: str) -> RLDat
         splits = reasoning.make_splits(d.synthetic_seed, sizes, reasoning.TaskMix(*d.synthetic_mix),
                                        math_tasks=tuple(d.synthetic_math_tasks))
         folder = write_pools(workdir, splits)
-        load = lambda name: load_prompt_pool(os.path.join(folder, f"{name}.jsonl"))
+        load = lambda name: load_prompt_pool(storage.join(folder, f"{name}.jsonl"))
         return RLData(tok, splits["sft"], load("train"), load("new") if d.synthetic_new else [], load("heldout"))
     if not d.pool or not d.heldout:
         raise ValueError("set data.pool and data.heldout (prompt-pool jsonl files), or data.synthetic=True")

@@ -31,7 +31,7 @@ def build_genrm(config: ml_collections.ConfigDict, ctx: phase.RunContext, tokeni
     params = model_factory.initial_params(config.model, module, ctx.mesh, ctx.rules, config.seed + 7)
     w = g.warm_start
     demos = sft.text_demos(tok, reasoning.judge_conversations(w.num_examples, w.seed, g.template), w.max_length)
-    batches = sft.ArrayBatches(demos, placement.per_host_batch(w.batch_size, ctx.mesh), w.seed)
+    batches = sft.ArrayBatches.for_mesh(demos, w.batch_size, w.seed, ctx.mesh)
     params = sft.run(ctx.path("genrm"), ctx, module, params, batches, w)
     params = placement.reshard(params, hf.param_shardings(module, ctx.mesh, SAMPLING_RULES))
     return GenRM.build(module, params, tok, ctx.mesh, cfg)

@@ -17,11 +17,11 @@ its output exists (re-running the same command resumes):
 """
 
 import logging
-import os
 
 import ml_collections
 import numpy as np
 
+from mm_rlhf_jax import distributed, storage
 from mm_rlhf_jax.algorithms.ppo import data as rl_data, rewards, trainer
 from mm_rlhf_jax.data.curriculum import Curriculum, CurriculumSampler
 from mm_rlhf_jax.data.prompts_pool import PromptRecord, load_prompt_pool
@@ -32,7 +32,7 @@ from mm_rlhf_jax.rewards.prompt_selection import pre_ppo_select
 from mm_rlhf_jax.rewards.router import reward_metrics
 from mm_rlhf_jax.rollout.generate import Generator
 from mm_rlhf_jax.rollout.strategies import SamplingConfig
-from mm_rlhf_jax.sharding import SAMPLING_RULES, placement
+from mm_rlhf_jax.sharding import SAMPLING_RULES
 from mm_rlhf_jax.train import model_factory, phase, sft
 
 
@@ -44,8 +44,7 @@ def warm_start(ctx: phase.RunContext, w: ml_collections.ConfigDict, module, tok,
     if not sft_records:
         raise ValueError("warm_start.steps > 0 needs demonstrations (data.synthetic=True)")
     convs = reasoning.sft_conversations(sft_records[: w.num_examples or None], w.seed, label_noise=w.label_noise)
-    batches = sft.ArrayBatches(sft.text_demos(tok, convs, w.max_length), placement.per_host_batch(w.batch_size,
-                                                                                                  ctx.mesh), w.seed)
+    batches = sft.ArrayBatches.for_mesh(sft.text_demos(tok, convs, w.max_length), w.batch_size, w.seed, ctx.mesh)
     return sft.run(ctx.path("warm_start"), ctx, module, params, batches, w, trainable=trainable)
 
 
@@ -65,13 +64,14 @@ def select_prompts(ctx: phase.RunContext, p: ml_collections.ConfigDict, data: rl
     if not p.enabled or not data.new_pool:
         return data.pool
     out_dir = ctx.path("pre_ppo")
-    selected = os.path.join(out_dir, "selected.jsonl")
-    if not os.path.exists(selected):
+    selected = storage.join(out_dir, "selected.jsonl")
+    if not storage.exists(selected):  # every process runs the selection (generation is collective)
         logging.info("Pre-PPO: scoring %d new prompts x %d samples", len(data.new_pool), p.num_samples)
         sel = pre_ppo_select(data.pool, data.new_pool, generate=sampled_generate(gen, params, seed),
                              reward_fn=router, num_samples=p.num_samples, fraction=p.fraction,
                              normalization=p.normalization, seed=seed, output_dir=out_dir)
         logging.info("Pre-PPO: %s", sel.summary())
+    distributed.barrier("pre_ppo")  # process 0 wrote selected.jsonl; everyone reads that file
     return load_prompt_pool(selected)
 
 

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mm_rlhf_jax import distributed, storage
 from mm_rlhf_jax.algorithms.ppo import step as step_lib
 from mm_rlhf_jax.data.prompts_pool import PromptRecord
 from mm_rlhf_jax.data.tokenize import encode_turns
@@ -217,6 +218,7 @@ class RLTrainer:
                  sample_log: str | None = None, microbatches: int = 1):
         self.p, self.roles, self.mesh, self.tokenizer, self.env = p, roles, roles.mesh, tokenizer, env
         self.ref_params, self.seed, self.log_every, self.sample_log = ref_params, seed, log_every, sample_log
+        self._samples = None  # the samples.jsonl appender, opened on the first logged step
         self.n = p.prompts_per_step * p.samples_per_prompt
         if p.num_minibatches < 1 or self.n % p.num_minibatches:
             raise ValueError(f"rollout batch of {self.n} rows (prompts_per_step x samples_per_prompt) does not split "
@@ -256,6 +258,10 @@ class RLTrainer:
         prompts, out, records, texts = self.rollout(state, batch)
         t1 = time.perf_counter()
         rewards = self.env(records, texts)
+        # Every process scored every sample; the update uses process 0's scores, so a reward that differs
+        # between hosts (a sandbox timeout) cannot make their states diverge.
+        rewards = dataclasses.replace(rewards, rewards=placement.from_primary(rewards.rewards),
+                                      valid=placement.from_primary(rewards.valid))
         t2 = time.perf_counter()
         tokens, lengths = placement.fetch(out.tokens), placement.fetch(out.lengths)
         last = tokens[np.arange(len(tokens)), np.maximum(lengths - 1, 0)]
@@ -285,15 +291,21 @@ class RLTrainer:
         return state.replace(step=state.step + 1), metrics
 
     def _log_samples(self, step, records, texts, rewards) -> None:
-        if not self.sample_log or jax.process_index() != 0 or step % self.log_every:
+        if not self.sample_log or not distributed.is_primary() or step % self.log_every:
             return
-        with open(self.sample_log, "a", encoding="utf-8") as f:
-            for i in range(min(self.p.log_samples, len(texts))):
-                row = {"step": step, "id": records[i].id, "prompt": records[i].prompt, "response": texts[i],
-                       "reward": float(rewards.rewards[i])}
-                if rewards.details is not None:
-                    row["details"] = rewards.details[i]
-                f.write(json.dumps(row) + "\n")
+        if self._samples is None:
+            self._samples = storage.Appender(self.sample_log)
+        for i in range(min(self.p.log_samples, len(texts))):
+            row = {"step": step, "id": records[i].id, "prompt": records[i].prompt, "response": texts[i],
+                   "reward": float(rewards.rewards[i])}
+            if rewards.details is not None:
+                row["details"] = rewards.details[i]
+            self._samples.write(json.dumps(row) + "\n")
+
+    def close(self) -> None:
+        if self._samples is not None:
+            self._samples.close()
+            self._samples = None
 
 
 def train_cycles(ctx: phase.RunContext, config: ml_collections.ConfigDict, roles: Roles, tokenizer, params0, env,
@@ -309,12 +321,15 @@ def train_cycles(ctx: phase.RunContext, config: ml_collections.ConfigDict, roles
     t = config.train
     trainer = RLTrainer(config.ppo, roles, tokenizer, params0, env, seed=config.seed, log_every=t.log_every,
                         sample_log=ctx.path("samples.jsonl"), microbatches=t.microbatches)
-    return phase.run_phase(
-        ctx.workdir, ctx, state_fn=lambda: init_rl_state(roles, params0, config.seed),
-        abstract_state=abstract_rl_state(roles, config.seed), step_fn=trainer.cycle, data_iter=sampler,
-        steps=t.steps, log_every=t.log_every, checkpoint_every=t.checkpoint_every, max_to_keep=t.max_checkpoints,
-        eval_fn=lambda s: eval_fn(s.actor.params), eval_every=t.eval_every, initial_eval="initial_eval.json",
-        writer=ctx.writer, put=lambda b: b)
+    try:
+        return phase.run_phase(
+            ctx.workdir, ctx, state_fn=lambda: init_rl_state(roles, params0, config.seed),
+            abstract_state=abstract_rl_state(roles, config.seed), step_fn=trainer.cycle, data_iter=sampler,
+            steps=t.steps, log_every=t.log_every, checkpoint_every=t.checkpoint_every, max_to_keep=t.max_checkpoints,
+            eval_fn=lambda s: eval_fn(s.actor.params), eval_every=t.eval_every, initial_eval="initial_eval.json",
+            writer=ctx.writer, put=lambda b: b)
+    finally:
+        trainer.close()
 
 
 def greedy_eval_texts(gen: Generator, params, records: Sequence[PromptRecord],

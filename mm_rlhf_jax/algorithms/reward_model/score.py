@@ -1,10 +1,9 @@
 """Scoring a pair file with a trained reward model: each pair's margin `delta` for MM-DPO's dynamic beta."""
 
 import logging
-import os
+import posixpath
 
-import jax
-
+from mm_rlhf_jax import distributed, storage
 from mm_rlhf_jax.algorithms.reward_model.inference import RewardModelInference
 from mm_rlhf_jax.data.validation import load_pairs, read_jsonl, write_jsonl
 
@@ -17,7 +16,7 @@ def score_file(inference: RewardModelInference, params, s, *, critique: bool) ->
     source_delta (an input's own delta, when it had one).
     """
     records = load_pairs(s.input, media_root=s.media_root or None)
-    media_root = s.media_root or os.path.dirname(os.path.abspath(s.input))
+    media_root = s.media_root or storage.dirname(s.input)
     rewards, generated = inference.rewards(params, records, media_root=media_root, generate=critique)
     generated = generated or [None] * len(records)
     # Rows start from the raw JSON objects, so fields this library does not parse survive scoring.
@@ -32,10 +31,8 @@ def score_file(inference: RewardModelInference, params, s, *, critique: bool) ->
             row["chosen_generated_critique"] = gen.chosen_reason
             row["rejected_generated_critique"] = gen.rejected_reason
         rows.append(row)
-    out = s.output or os.path.splitext(s.input)[0] + "_scored.jsonl"
-    if jax.process_index() == 0:
-        tmp = out + ".tmp"
-        write_jsonl(tmp, rows)
-        os.replace(tmp, out)
+    out = s.output or posixpath.splitext(s.input)[0] + "_scored.jsonl"  # string-only: URLs stay intact
+    if distributed.is_primary():  # every process scored every pair (inference is collective); one writes
+        write_jsonl(out, rows)  # at once: readers see the old file or the new one
     logging.info("wrote %d scored pairs to %s", len(rows), out)
     return out

@@ -1,31 +1,36 @@
 """Self-generated short-to-long preference data (papers.md §3(d)), resumable stage by stage.
 
     documents {"id", "text"}                                      (length-filtered)
-      -> chunks.jsonl      <= max_chunks_per_doc chunks of <= max_chunk_tokens per document
-      -> questions.jsonl   the model writes questions about each chunk (self-instruct); one is kept
-      -> chosen.jsonl      y_S: the model's answer given chunk + phrase + question
+      -> chunks/           <= max_chunks_per_doc chunks of <= max_chunk_tokens per document
+      -> questions/        the model writes questions about each chunk (self-instruct); one is kept
+      -> chosen/           y_S: the model's answer given chunk + phrase + question
       -> (filter refused / repetitive chosen answers; keep <= turns_per_doc turns per document)
-      -> rejected.jsonl    y_L: the model's answer given the whole document + phrase + question
+      -> rejected/         y_L: the model's answer given the whole document + phrase + question
       -> samples.jsonl     both answers filtered; turns grouped into multi-turn samples (>= min_turns)
       -> stats.json        counts per stage and per drop reason
 
-Every model stage writes one jsonl line per item, a whole batch per write. Re-running
-reads what is there (a torn last line from a crash is cut off) and generates only
-the missing items, in the same batches and with the same per-batch sampling seeds
-as an uninterrupted run, so a resumed run writes the same data. Progress is shown
-with tqdm per stage.
+Every stage is a folder of jsonl parts (one line per item), one part per batch,
+each written at once (storage.write_atomic: a crash loses at most the batch being
+written, and it works on object stores, which cannot append). Re-running reads
+what is there and generates only the missing items, in the same batches and with
+the same per-batch sampling seeds as an uninterrupted run, so a resumed run writes
+the same data. Progress is shown with tqdm per stage.
+
+Several processes: every process runs every generation (the generator is
+collective) and holds every record; process 0 alone writes, and the others
+read samples.jsonl only after a barrier.
 """
 
 import dataclasses
 import json
 import logging
-import os
 import zlib
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
+from mm_rlhf_jax import distributed, storage
 from mm_rlhf_jax.data.longpo import chunking, prompts
 from mm_rlhf_jax.data.longpo.filters import FilterConfig, answer_problem
 
@@ -65,22 +70,23 @@ def _stable_seed(*parts) -> int:
 
 
 class JsonlStage:
-    """An append-only jsonl of {"key": ..., ...} records that survives crashes mid-write."""
+    """Append-only {"key": ..., ...} records: a folder of jsonl parts, one part per append (see module doc)."""
+
+    PART = "part-{:06d}.jsonl"
 
     def __init__(self, path: str):
         self.path = path
         self.records: dict[str, dict] = {}
-        if os.path.exists(path):
-            with open(path, "rb") as f:
-                data = f.read()
-            good = data[: data.rfind(b"\n") + 1]  # a torn last line (no newline) is dropped
-            if len(good) != len(data):
-                with open(path, "wb") as f:
-                    f.write(good)
-            for line in good.decode("utf-8").splitlines():
-                if line.strip():
-                    rec = json.loads(line)
-                    self.records[rec["key"]] = rec
+        self._parts = 0
+        if storage.isdir(path):
+            for name in storage.listdir(path):  # sorted: parts in write order
+                if not (name.startswith("part-") and name.endswith(".jsonl")):
+                    continue  # e.g. a temporary file left by a crash mid-write
+                self._parts = max(self._parts, int(name[len("part-"):-len(".jsonl")]) + 1)
+                for line in storage.read_text(storage.join(path, name)).splitlines():
+                    if line.strip():
+                        rec = json.loads(line)
+                        self.records[rec["key"]] = rec
 
     def __contains__(self, key: str) -> bool:
         return key in self.records
@@ -88,12 +94,10 @@ class JsonlStage:
     def append(self, records: Sequence[dict]) -> None:
         if not records:
             return
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        blob = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
+        if distributed.is_primary():
+            blob = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+            storage.write_atomic(storage.join(self.path, self.PART.format(self._parts)), blob)
+        self._parts += 1
         for r in records:
             self.records[r["key"]] = r
 
@@ -108,8 +112,8 @@ def run_stage(name: str, stage: JsonlStage, items: Sequence[dict], make_prompt: 
     if not missing:
         return
     logging.info("longpo data: %s: %d of %d items to generate", name, missing, len(items))
-    bar = tqdm(total=len(items), initial=len(items) - missing, desc=f"longpo {name}", disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(total=len(items), initial=len(items) - missing, desc=f"longpo {name}",
+               disable=not progress or not distributed.is_primary(), dynamic_ncols=True)
     for start in todo:
         batch = [it for it in items[start:start + bs] if it["key"] not in stage]
         outs = generator([make_prompt(it) for it in batch], seed=_stable_seed(seed, name, start))
@@ -162,28 +166,26 @@ def generate_samples(documents: Sequence[dict], out_dir: str, *, count_tokens: C
     {"key", "doc_id", "prompt" (the whole document), "short_prompts" [chunk per turn],
      "questions" [phrase + question per turn], "chosens" [y_S], "rejecteds" [y_L]}.
     """
-    samples_path, stats_path = os.path.join(out_dir, "samples.jsonl"), os.path.join(out_dir, "stats.json")
-    if os.path.exists(samples_path) and os.path.exists(stats_path):
-        with open(stats_path) as f:
-            return load_samples(samples_path), json.load(f)
-    os.makedirs(out_dir, exist_ok=True)
+    samples_path, stats_path = storage.join(out_dir, "samples.jsonl"), storage.join(out_dir, "stats.json")
+    if storage.exists(samples_path) and storage.exists(stats_path):
+        return load_samples(samples_path), json.loads(storage.read_text(stats_path))
     docs, lengths = select_documents(documents, count_tokens, cfg)
     by_id = {d["id"]: d for d in docs}
     stats = {"documents": len(documents), "documents_in_length_range": len(docs)}
 
-    chunks = JsonlStage(os.path.join(out_dir, "chunks.jsonl"))
+    chunks = JsonlStage(storage.join(out_dir, "chunks"))
     if not chunks.records:
         chunks.append(_chunks(docs, count_tokens, cfg))
     items = list(chunks.records.values())
     stats["chunks"] = len(items)
 
-    questions = JsonlStage(os.path.join(out_dir, "questions.jsonl"))
+    questions = JsonlStage(storage.join(out_dir, "questions"))
     run_stage("questions", questions, items, lambda it: prompts.instruction_prompt(it["chunk"], cfg.query_prompt),
               question_generator, cfg.seed, lambda it, g: _pick_question(it, g, cfg), progress)
     asked = [questions.records[it["key"]] for it in items if questions.records[it["key"]]["question"]]
     stats["questions"] = len(asked)
 
-    chosen = JsonlStage(os.path.join(out_dir, "chosen.jsonl"))
+    chosen = JsonlStage(storage.join(out_dir, "chosen"))
     run_stage("chosen", chosen, asked,
               lambda it: prompts.answer_prompt(it["chunk"], it["phrase"], it["question"]),
               answer_generator, cfg.seed, _answer("chosen"), progress)
@@ -204,7 +206,7 @@ def generate_samples(documents: Sequence[dict], out_dir: str, *, count_tokens: C
             doc_turns = [doc_turns[i] for i in keep]
         turns.extend(doc_turns)
 
-    rejected = JsonlStage(os.path.join(out_dir, "rejected.jsonl"))
+    rejected = JsonlStage(storage.join(out_dir, "rejected"))
     run_stage("rejected", rejected, turns,
               lambda it: prompts.answer_prompt(by_id[it["doc_id"]]["text"], it["phrase"], it["question"]),
               answer_generator, cfg.seed, _answer("rejected"), progress)
@@ -230,13 +232,10 @@ def generate_samples(documents: Sequence[dict], out_dir: str, *, count_tokens: C
                         "chosens": [t["chosen"] for t in ts], "rejecteds": [t["rejected"] for t in ts]})
     stats.update(turns=len(turns), samples=len(samples), turns_in_samples=sum(len(s["chosens"]) for s in samples),
                  dropped=drops)
-    tmp = samples_path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
-    os.replace(tmp, samples_path)
-    with open(stats_path + ".tmp", "w") as f:
-        json.dump(stats, f, indent=1, sort_keys=True)
-    os.replace(stats_path + ".tmp", stats_path)
+    if distributed.is_primary():  # stats.json last: both files present marks a finished round
+        storage.write_atomic(samples_path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+        storage.write_atomic(stats_path, json.dumps(stats, indent=1, sort_keys=True))
+    distributed.barrier(f"longpo_samples:{out_dir}")
     return load_samples(samples_path), stats
 
 
@@ -248,7 +247,7 @@ def load_samples(path: str) -> list[dict]:
     from mm_rlhf_jax.data.errors import DataError, Where
 
     out = []
-    with open(path, encoding="utf-8") as f:
+    with storage.open(path) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue

@@ -1,6 +1,6 @@
-"""grain pipelines over LongPO samples: host shard -> shuffle -> repeat -> tokenize (+ cached ref logps) -> batch.
+"""grain pipelines over LongPO samples: shuffle -> repeat -> tokenize (+ cached ref logps) -> batch -> host slot.
 
-The same structure as `data.pipeline` (deterministic in (samples, seed, shard),
+The same structure as `data.pipeline` (global order, deterministic in (samples, seed),
 checkpointable iterator state), with the LongPO tokenizer (`samples.tokenize_sample`)
 as the map. Reference log-probs, computed once per round with the short-context
 model, ride along as `ref_logps` f32[2] (chosen, rejected) per sample.
@@ -9,8 +9,9 @@ model, ride along as `ref_logps` f32[2] (chosen, rejected) per sample.
 import grain
 import numpy as np
 
-from mm_rlhf_jax.data.longpo.samples import SampleLayout, collate, tokenize_sample
-from mm_rlhf_jax.data.pipeline import PipelineConfig, host_shard
+from mm_rlhf_jax.data.longpo.samples import SampleLayout, tokenize_sample
+from mm_rlhf_jax.data import pipeline
+from mm_rlhf_jax.data.pipeline import PipelineConfig
 from mm_rlhf_jax.data.tokenizer import cached_tokenizer
 
 
@@ -45,27 +46,14 @@ class Encode(grain.transforms.Map):
 
 def make_iterator(source: SampleSource, tokenizer_path: str, layout: SampleLayout, cfg: PipelineConfig):
     """Checkpointable iterator of numpy batches (get_state / set_state)."""
-    ds = host_shard(grain.MapDataset.source(source), *cfg.shard())
-    if cfg.shuffle:
-        ds = ds.shuffle(seed=cfg.seed)
-    ds = ds.repeat(cfg.num_epochs).map(Encode(tokenizer_path, layout))
-    ds = ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
-    read = grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.read_prefetch)
-    it = ds.to_iter_dataset(read)
-    if cfg.num_workers > 0:
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers,
-                                                         per_worker_buffer_size=cfg.worker_buffer_size))
-    return iter(it)
+    return pipeline.make_iterator(source, None, cfg, encode=Encode(tokenizer_path, layout))
 
 
-def padded_batches(source: SampleSource, tokenizer_path: str, layout: SampleLayout, batch_size: int):
-    """One ordered pass over all samples (this host's are all of them); the last batch repeats its first row.
+def padded_batches(source: SampleSource, tokenizer_path: str, layout: SampleLayout, batch_size: int, *,
+                   shard: tuple[int, int] = (0, 1)):
+    """One ordered pass over all samples (data.pipeline.ordered_pass); yields (batch, n_valid).
 
-    Yields (batch, n_valid). For reference log-probs and evaluation, which every host computes whole.
+    shard (0, 1): every host holds whole batches (evaluation); a host slot
+    (placement.host_slot(...).shard): this host's rows only (the reference pass).
     """
-    enc = Encode(tokenizer_path, layout)
-    for start in range(0, len(source), batch_size):
-        rows = [enc.map(source[i]) for i in range(start, min(start + batch_size, len(source)))]
-        n = len(rows)
-        rows += [rows[0]] * (batch_size - n)
-        yield collate(rows), n
+    yield from pipeline.ordered_pass(source, batch_size, Encode(tokenizer_path, layout), shard=shard)

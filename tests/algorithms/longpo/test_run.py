@@ -96,7 +96,7 @@ def test_micro_run_writes_everything_and_resumes(tmp_path):
     assert (tmp_path / "round_1" / "data" / "samples.jsonl").exists() and on_disk["rounds"] == 2
     rows = [json.loads(line) for line in open(tmp_path / "round_0" / "metrics.jsonl")]
     assert [r["step"] for r in rows if "train/loss" in r] == [0, 2]
-    stamps = {p: os.path.getmtime(tmp_path / p) for p in ("round_0/data/samples.jsonl", "round_0/data/rejected.jsonl",
+    stamps = {p: os.path.getmtime(tmp_path / p) for p in ("round_0/data/samples.jsonl", "round_0/data/rejected",
                                                             "round_1/data/samples.jsonl", "round_1/ref_logps.npy")}
     again = longpo.run(c, str(tmp_path))  # resumes: nothing regenerated, same training result
     assert {p: os.path.getmtime(tmp_path / p) for p in stamps} == stamps
