@@ -34,6 +34,7 @@ Setup failures are reported as `E <message>`.
 
 import ctypes
 import json
+import marshal
 import os
 import resource
 import signal
@@ -293,7 +294,7 @@ def exec_runner(config, drop, nproc, pidns):
         "private_workdir": config["private_workdir"],
     }
     argv = [sys.executable, "-I", "-B", "-u", "-c", config["runner_source"],
-            json.dumps(runner_config)]
+            marshal.dumps(runner_config).hex()]
     os.execve(sys.executable, argv, config["env"])
 
 
