@@ -216,7 +216,8 @@ def run_python_batch(items, *, workers: int | None = None, **kwargs) -> list:
             raise ValueError("run_python_batch: items must be (code, tests) pairs")
         _check_args(*item, **{**defaults, **check})
     backends.choose(kwargs.get("backend"), kwargs.get("namespaces", True))
-    workers = workers or os.cpu_count() or 1
+    if workers is None:
+        workers = os.cpu_count() or 1
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"run_python_batch: workers must be an int >= 1, got {workers!r}")
     if workers == 1 or len(items) <= 1:
