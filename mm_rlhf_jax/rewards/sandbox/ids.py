@@ -74,7 +74,7 @@ class Lease:
         self.clean = False
 
 
-_CLEAN, _BUSY = b"clean", b"busy"
+_CLEAN, _BUSY = b"clean", b"busy."  # equal lengths: pwrite alone replaces either
 
 
 @contextlib.contextmanager
@@ -101,7 +101,7 @@ def lease():
         try:
             if not _unused(uid):
                 continue
-            if os.pread(fd, 16, 0) != _CLEAN:
+            if os.pread(fd, len(_CLEAN), 0) != _CLEAN:
                 sweep.kill_sandbox(session_id=-1, uid=uid, netns=None)
             _mark(fd, _BUSY)
             yield held
@@ -115,7 +115,6 @@ def lease():
 
 
 def _mark(fd, state):
-    os.ftruncate(fd, 0)
     os.pwrite(fd, state, 0)
 
 
