@@ -37,7 +37,8 @@ case "$cmd" in
     # Ship the working tree (without local venvs/runs) and install on every worker.
     tar --exclude=.venv --exclude=runs --exclude=.git -czf /tmp/mm_rlhf_jax_src.tgz .
     "${GC[@]}" scp /tmp/mm_rlhf_jax_src.tgz "$TPU_NAME":/tmp/ --worker=all
-    on_all "mkdir -p ~/$REMOTE_DIR && tar -xzf /tmp/mm_rlhf_jax_src.tgz -C ~/$REMOTE_DIR && cd ~/$REMOTE_DIR \
+    on_all "(command -v bwrap >/dev/null || (sudo apt-get update -q && sudo apt-get install -y -q bubblewrap)) \
+      && mkdir -p ~/$REMOTE_DIR && tar -xzf /tmp/mm_rlhf_jax_src.tgz -C ~/$REMOTE_DIR && cd ~/$REMOTE_DIR \
       && python3 -m venv .venv && .venv/bin/pip install -q -U pip \
       && .venv/bin/pip install -q -e . 'jax[tpu]' -f https://storage.googleapis.com/jax-releases/libtpu_releases.html"
     ;;

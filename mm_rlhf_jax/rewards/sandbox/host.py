@@ -69,7 +69,7 @@ class Plan:
 
 @dataclasses.dataclass
 class Outcome:
-    """Raw observations of one run; `sandbox.py` turns them into a status."""
+    """Raw observations of one run; classify.py turns them into a status."""
 
     stdout: bytes = b""
     stderr: bytes = b""

@@ -44,7 +44,7 @@ The guard blocks, and reports as `V <event> <detail>` (status "forbidden"):
              the working directory, sys.settrace / sys.setprofile (a tracer
              can jump over failing asserts), resource.prlimit on other pids.
 It is best effort: Python-level hooks can be bypassed by native code, which
-is why the supervisor also applies the kernel layers where it can.
+is why the kernel layers (bubblewrap or the supervisor) hold on their own.
 """
 
 import builtins
