@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 
-from mm_rlhf_jax.rewards.sandbox import bwrap, host as sandbox_host, seccomp
+from mm_rlhf_jax.rewards.sandbox import bwrap, host as sandbox_host, ids as sandbox_ids, seccomp
 
 BACKENDS = ("bwrap", "supervisor")
 FILE_BYTES = 16 << 20       # RLIMIT_FSIZE: largest file the program may write
@@ -175,7 +175,6 @@ def bwrap_status():
 
 @functools.lru_cache(maxsize=None)
 def _probe():
-    from mm_rlhf_jax.rewards.sandbox import ids as sandbox_ids
     path, detail = bwrap.find()
     if path is None:
         return False, detail
