@@ -56,6 +56,7 @@ case "$cmd" in
     tar --exclude=.venv --exclude=.ci-venv --exclude=runs --exclude=.git -czf /tmp/mm_rlhf_jax_src.tgz .
     "${GC[@]}" scp /tmp/mm_rlhf_jax_src.tgz "$TPU_NAME":/tmp/ --worker=all
     on_all "set -e; export PATH=\$HOME/.local/bin:\$PATH
+      command -v bwrap >/dev/null || (sudo apt-get update -q && sudo apt-get install -y -q bubblewrap)  # the code sandbox
       command -v uv >/dev/null || curl -LsSf https://astral.sh/uv/install.sh | sh
       mkdir -p ~/$REMOTE_DIR && tar -xzf /tmp/mm_rlhf_jax_src.tgz -C ~/$REMOTE_DIR && cd ~/$REMOTE_DIR
       uv venv --allow-existing --python $PYTHON_VERSION .venv

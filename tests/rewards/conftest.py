@@ -36,3 +36,26 @@ def assert_clean():
         leftovers = processes_of(result.session_id, result.uid)
         assert leftovers == [], f"sandbox processes left behind: {leftovers}"
     return check
+
+
+@pytest.fixture(params=["bwrap", "supervisor"])
+def backend(request):
+    """Each sandbox backend; bwrap is skipped (with the reason) where unusable."""
+    from mm_rlhf_jax.rewards.sandbox import bwrap_status
+    if request.param == "bwrap":
+        usable, reason = bwrap_status()
+        if not usable:
+            pytest.skip(f"bwrap backend unusable here: {reason}")
+    return request.param
+
+
+@pytest.fixture
+def need_layer(backend):
+    """Call with a layer name: skip unless `backend` provides it here."""
+    from mm_rlhf_jax.rewards.sandbox import isolation_layers
+
+    def check(*layers):
+        missing = set(layers) - set(isolation_layers(backend))
+        if missing:
+            pytest.skip(f"{backend}: layer(s) {sorted(missing)} not available here")
+    return check

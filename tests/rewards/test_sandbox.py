@@ -3,24 +3,24 @@
 import json
 import os
 import threading
-import time
 import types
 
 import pytest
 
 from mm_rlhf_jax.rewards import sandbox
-from mm_rlhf_jax.rewards.sandbox import code_reward, extract_code, run_python
+from mm_rlhf_jax.rewards.sandbox import code_reward, extract_code, host, run_python
 
 SOLUTION = "def add(a, b):\n    return a + b\n"
 
 
-def test_passing_code(assert_clean):
-    result = run_python(SOLUTION + "print('hello')", "assert add(2, 3) == 5")
+def test_passing_code(backend, assert_clean):
+    result = run_python(SOLUTION + "print('hello')", "assert add(2, 3) == 5", backend=backend)
     assert result.status == "passed" and result.passed
     assert result.stdout == "hello\n"
     assert result.returncode == 0
     assert 0 < result.duration_s < 10
     assert {"session", "rlimits", "python_guard", "scrubbed_env"} <= set(result.layers)
+    assert result.backend == backend and (("bwrap" in result.layers) == (backend == "bwrap"))
     assert_clean(result)
 
 
@@ -40,26 +40,26 @@ def test_failing_test_reports_failed(assert_clean):
     ("x = input()", "pass", "EOFError in code"),  # stdin is empty
     ("import sys\nsys.exit(0)", "pass", "SystemExit before the tests finished"),
 ])
-def test_errors(code, tests, reason):
-    result = run_python(code, tests)
+def test_errors(code, tests, reason, backend):
+    result = run_python(code, tests, backend=backend)
     assert result.status == "error"
     assert reason in result.reason
 
 
-def test_early_exit_or_forged_verdict_cannot_pass():
+def test_early_exit_or_forged_verdict_cannot_pass(backend):
     # os._exit(0) skips the tests; a verdict line written to the result pipe
     # without the host's nonce is ignored.
-    forge = ("import json, os, sys\n"
-             "fd = json.loads(sys.argv[1])['result_fd']\n"
+    forge = ("import marshal, os, sys\n"
+             "fd = marshal.loads(bytes.fromhex(sys.argv[1]))['result_fd']\n"
              "os.write(fd, b'R 00000000000000000000000000000000 passed -\\n')\n"
              "os._exit(0)\n")
     for code in ("import os\nos._exit(0)", forge):
-        result = run_python(code, "assert False")
+        result = run_python(code, "assert False", backend=backend)
         assert result.status == "error", (code, result)
         assert result.returncode == 0
 
 
-def test_ordinary_programs_work():
+def test_ordinary_programs_work(backend):
     code = (
         "import os, tempfile, multiprocessing, numpy as np\n"
         "open('data.txt', 'w').write('42')\n"
@@ -71,14 +71,14 @@ def test_ordinary_programs_work():
     )
     tests = ("assert open('data.txt').read() == '42'\n"
              "assert squares == [1, 2, 3] and total == 45\n")
-    result = run_python(code, tests, timeout_s=20)
+    result = run_python(code, tests, timeout_s=20, backend=backend)
     assert result.status == "passed", result.stderr
 
 
-def test_workdir_is_fresh_and_removed():
+def test_workdir_is_fresh_and_removed(backend):
     code = "import os\nprint(os.getcwd())\nprint(sorted(os.listdir('.')))"
-    first = run_python(code, "pass")
-    second = run_python(code, "pass")
+    first = run_python(code, "pass", backend=backend)
+    second = run_python(code, "pass", backend=backend)
     dir1, listing1 = first.stdout.splitlines()
     dir2, _ = second.stdout.splitlines()
     assert listing1 == "[]" and dir1 != dir2
@@ -121,7 +121,7 @@ def test_bad_arguments(kwargs, match):
 
 
 def _outcome(lines, supervisor_status=0, stderr=b""):
-    return sandbox.host.Outcome(lines=lines, supervisor_status=supervisor_status,
+    return host.Outcome(lines=lines, supervisor_status=supervisor_status,
                                         stderr=stderr)
 
 
@@ -180,18 +180,22 @@ def test_isolation_layers_reported():
         assert ("uid_drop" in layers) == ("nproc_enforced" in layers)
 
 
-def test_interrupted_host_leaves_nothing_behind(monkeypatch, assert_clean):
+def test_interrupted_host_leaves_nothing_behind(monkeypatch, backend, assert_clean):
     """If the host is interrupted mid-run (KeyboardInterrupt), execute() still
-    kills the sandbox and reaps the supervisor."""
+    kills the sandbox and reaps its first process."""
     seen = {}
+    real_add = host._Streams.add
 
-    def interrupted_watch(proc, plan, outcome, result_r, start):
-        seen["session_id"], seen["uid"] = proc.pid, plan.uid
-        time.sleep(1.0)  # the program below has started and forked by now
-        raise KeyboardInterrupt
+    def interrupting_add(streams, name, data):
+        seen["session_id"], seen["uid"] = streams.outcome.session_id, streams.plan.uid
+        real_add(streams, name, data)
+        if streams.buffers["stdout"].count(b"born") == 8:  # all 8 processes run
+            raise KeyboardInterrupt
 
-    monkeypatch.setattr(sandbox.sandbox_host, "_watch", interrupted_watch)
+    monkeypatch.setattr(host._Streams, "add", interrupting_add)
+    code = ("import os, time\nfor _ in range(3):\n    os.fork()\n"
+            "print('born', flush=True)\ntime.sleep(60)")
     with pytest.raises(KeyboardInterrupt):
-        run_python("import os, time\nfor _ in range(3):\n    os.fork()\ntime.sleep(60)", "pass")
+        run_python(code, "pass", backend=backend)
     leftover = types.SimpleNamespace(session_id=seen["session_id"], uid=seen["uid"])
     assert_clean(leftover)

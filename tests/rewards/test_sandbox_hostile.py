@@ -1,10 +1,12 @@
 """Hostile programs: each gets the right status and leaves the host unharmed.
 
-Every test runs the program with the Python guard (status "forbidden" where
-the guard blocks) and, where the kernel layer exists on this machine, also
+Every test runs on each backend (`backend` fixture: bubblewrap where usable,
+and the supervisor), with the Python guard (status "forbidden" where the
+guard blocks) and, where the kernel layer exists on this machine, also
 without it, to show the kernel layer holds on its own. After each run the
 test checks the host: the outside file was not written, the server saw no
 connection, the secret did not leak, and no sandbox process remains.
+Escapes through /proc, ptrace and the kernel are in test_sandbox_escapes.py.
 
 The fork bomb is bounded twice: the process limit is first verified with a
 small experiment (50 forks under a limit of 10), and the bomb program itself
@@ -18,16 +20,18 @@ import signal
 import socket
 import time
 
+import functools
+
 import pytest
 
-from mm_rlhf_jax.rewards.sandbox import isolation_layers, run_python
+from mm_rlhf_jax.rewards.sandbox import isolation_layers, run_python as _run_python
 
 PROJECT_DIR = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _kernel(layer):
-    return pytest.mark.skipif(layer not in isolation_layers(),
-                              reason=f"kernel layer {layer!r} is not available here")
+@pytest.fixture
+def run_python(backend):
+    return functools.partial(_run_python, backend=backend)
 
 
 def _last_error(result):
@@ -62,7 +66,7 @@ NET_RESOLVE = "import urllib.request\nurllib.request.urlopen('http://example.com
 
 
 @pytest.mark.parametrize("template", [NET_LOCAL, NET_EXTERNAL, NET_RESOLVE])
-def test_network_is_blocked_by_guard(template, server, assert_clean):
+def test_network_is_blocked_by_guard(template, server, run_python, assert_clean):
     result = run_python(template.format(port=server.getsockname()[1]), "pass")
     assert result.status == "forbidden", result
     assert any("socket" in v or "urllib" in v for v in result.violations), result.violations
@@ -70,12 +74,16 @@ def test_network_is_blocked_by_guard(template, server, assert_clean):
     assert_clean(result)
 
 
-@_kernel("netns")
 @pytest.mark.parametrize("template", [NET_LOCAL, NET_EXTERNAL])
-def test_network_namespace_without_guard(template, server, assert_clean):
+def test_network_namespace_without_guard(template, server, run_python, need_layer,
+                                         assert_clean):
+    need_layer("netns")
     result = run_python(template.format(port=server.getsockname()[1]), "pass", python_guard=False)
     assert result.status == "error"
-    assert "Network is unreachable" in _last_error(result)
+    # seccomp refuses the socket itself; without it the namespace has no route
+    expected = ("Address family not supported by protocol" if "seccomp" in result.layers
+                else "Network is unreachable")
+    assert expected in _last_error(result), result.stderr
     assert _no_connection(server)
     assert_clean(result)
 
@@ -86,7 +94,7 @@ def _outside_targets():
 
 
 @pytest.mark.parametrize("how", ["open", "symlink", "os_open"])
-def test_writes_outside_workdir_blocked_by_guard(how, assert_clean):
+def test_writes_outside_workdir_blocked_by_guard(how, run_python, assert_clean):
     for target in _outside_targets():
         code = {
             "open": f"open({str(target)!r}, 'w').write('x')",
@@ -100,10 +108,10 @@ def test_writes_outside_workdir_blocked_by_guard(how, assert_clean):
         assert_clean(result)
 
 
-def test_dir_fd_write_passes_guard_but_not_readonly_mount(assert_clean):
+def test_dir_fd_write_passes_guard_but_not_readonly_mount(backend, run_python, assert_clean):
     # The audit event for os.open carries no dir_fd, so the guard cannot see
     # where this write goes; the read-only mount (or the uid drop) must stop it.
-    if "readonly_fs" not in isolation_layers() and "uid_drop" not in isolation_layers():
+    if not {"readonly_fs", "uid_drop"} & set(isolation_layers(backend)):
         pytest.skip("no kernel file-system layer here")
     name = f"mm_rlhf_pwned_{secrets.token_hex(6)}"
     code = (f"import os\nfd = os.open('/tmp', os.O_RDONLY)\n"
@@ -111,22 +119,26 @@ def test_dir_fd_write_passes_guard_but_not_readonly_mount(assert_clean):
     result = run_python(code, "pass")
     assert result.status == "error"
     assert ("Read-only file system" in _last_error(result)
-            or "Permission denied" in _last_error(result))
+            or "Permission denied" in _last_error(result)), result.stderr
     assert not pathlib.Path("/tmp", name).exists()
     assert_clean(result)
 
 
-@_kernel("readonly_fs")
-def test_readonly_fs_without_guard(assert_clean):
+def test_readonly_fs_without_guard(run_python, need_layer, assert_clean):
+    need_layer("readonly_fs")
     for target in _outside_targets():
         result = run_python(f"open({str(target)!r}, 'w').write('x')", "pass", python_guard=False)
         assert result.status == "error"
-        assert "Read-only file system" in _last_error(result)
+        if "minimal_fs" in result.layers and not str(target).startswith("/tmp/"):
+            assert "No such file or directory" in _last_error(result)  # not in the tree
+        else:
+            assert "Read-only file system" in _last_error(result)
         assert not target.exists()
         assert_clean(result)
 
 
-def test_parent_environment_secret_does_not_leak(monkeypatch, assert_clean):
+def test_parent_environment_secret_does_not_leak(monkeypatch, backend, run_python,
+                                                 assert_clean):
     secret = "s3cr3t-" + secrets.token_hex(8)
     monkeypatch.setenv("MM_RLHF_TEST_SECRET", secret)
     env_check = run_python("import os\nprint(sorted(os.environ))",
@@ -134,7 +146,8 @@ def test_parent_environment_secret_does_not_leak(monkeypatch, assert_clean):
     assert env_check.status == "passed"
     assert secret not in env_check.stdout
     for guard in (True, False):
-        if not guard and not {"hidden_proc", "uid_drop"} & set(isolation_layers()):
+        if not guard and not {"hidden_proc", "private_proc", "uid_drop"} & set(
+                isolation_layers(backend)):
             continue
         for target in ("os.getppid()", str(os.getpid())):
             code = f"import os\nprint(open('/proc/%d/environ' % {target}).read())"
@@ -157,17 +170,18 @@ def _kill_code(statement):
 
 
 @pytest.mark.parametrize("statement", KILLS)
-def test_killing_the_parent_is_blocked_by_guard(statement, assert_clean):
+def test_killing_the_parent_is_blocked_by_guard(statement, run_python, assert_clean):
     result = run_python(_kill_code(statement), "pass")
     assert result.status == "forbidden", result
     assert_clean(result)
 
 
 @pytest.mark.parametrize("statement", KILLS[1:3])
-def test_killing_the_host_fails_in_the_kernel_without_guard(statement, assert_clean):
+def test_killing_the_host_fails_in_the_kernel_without_guard(statement, backend, run_python,
+                                                            assert_clean):
     # The dropped uid may not signal the host (EPERM); in a pid namespace the
     # host's pid and group do not even exist (ESRCH).
-    if not {"uid_drop", "pidns"} & set(isolation_layers()):
+    if not {"uid_drop", "pidns"} & set(isolation_layers(backend)):
         pytest.skip("no kernel layer protects the host from signals here")
     result = run_python(_kill_code(statement), "pass", python_guard=False)
     assert result.status == "error"
@@ -176,7 +190,7 @@ def test_killing_the_host_fails_in_the_kernel_without_guard(statement, assert_cl
     assert_clean(result)  # and this test process is evidently alive
 
 
-def test_infinite_loop_times_out(assert_clean):
+def test_infinite_loop_times_out(run_python, assert_clean):
     for code in ("while True:\n    pass",
                  "import time\ntime.sleep(60)",
                  "import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\n"
@@ -194,14 +208,14 @@ def test_infinite_loop_times_out(assert_clean):
     "chunks = []\nwhile True:\n    chunks.append(bytearray(16 << 20))",
     "s = 'x'\nwhile True:\n    s = s + s",
 ])
-def test_memory_bomb(code, assert_clean):
+def test_memory_bomb(code, run_python, assert_clean):
     result = run_python(code, "pass", memory_mb=256)
     assert result.status == "memory", result
     assert_clean(result)
 
 
 @pytest.mark.parametrize("stream", ["stdout", "stderr"])
-def test_huge_output_is_cut_off(stream, assert_clean):
+def test_huge_output_is_cut_off(stream, run_python, assert_clean):
     code = f"import sys\nchunk = 'x' * 65536\nwhile True:\n    sys.{stream}.write(chunk)"
     start = time.monotonic()
     result = run_python(code, "pass", timeout_s=30, max_output_bytes=1000)
@@ -228,8 +242,8 @@ print(ok, failed)
 """
 
 
-@pytest.fixture(scope="module")
-def process_limit_verified():
+@pytest.fixture
+def process_limit_verified(run_python):
     """A small self-limiting experiment: 50 forks under a limit of 10."""
     result = run_python(FORK_EXPERIMENT, "pass", max_processes=10)
     if "nproc_enforced" not in result.layers:
@@ -264,7 +278,7 @@ time.sleep(30)
 """
 
 
-def test_fork_bomb_is_contained(process_limit_verified, assert_clean):
+def test_fork_bomb_is_contained(process_limit_verified, run_python, assert_clean):
     start = time.monotonic()
     result = run_python(FORK_BOMB, "pass", timeout_s=2.0, max_processes=16)
     assert result.status == "timeout", result
@@ -274,7 +288,7 @@ def test_fork_bomb_is_contained(process_limit_verified, assert_clean):
     assert_clean(result)
 
 
-def test_escaped_session_is_still_killed(assert_clean):
+def test_escaped_session_is_still_killed(run_python, assert_clean):
     code = ("import os, time\n"
             "if os.fork() == 0:\n"
             "    os.setsid()\n"
@@ -293,17 +307,16 @@ def test_escaped_session_is_still_killed(assert_clean):
     "import ctypes\nctypes.CDLL(None).getpid()",
     "import os\ntry:\n    os.kill(os.getppid(), 9)\nexcept PermissionError:\n    pass",
 ])
-def test_other_escapes_are_forbidden(code, assert_clean):
+def test_other_escapes_are_forbidden(code, run_python, assert_clean):
     result = run_python(code, "pass")
     assert result.status == "forbidden", result
     assert_clean(result)
 
 
-def test_other_users_temporary_files_are_invisible(tmp_path, assert_clean):
+def test_other_users_temporary_files_are_invisible(run_python, need_layer, assert_clean):
     # A world-readable file another job left in /tmp: the private /tmp hides
     # it (reads are not the guard's business: the file tree is readable).
-    if "private_tmp" not in isolation_layers():
-        pytest.skip("no private /tmp here")
+    need_layer("private_tmp")
     secret = pathlib.Path(f"/tmp/mm_rlhf_other_job_{secrets.token_hex(6)}")
     secret.write_text("other job's data")
     secret.chmod(0o644)

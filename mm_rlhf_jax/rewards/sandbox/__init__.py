@@ -1,55 +1,76 @@
 """Run untrusted generated Python against unit tests: `run_python`, `code_reward`.
 
-Process layout (one run):
+Two backends (backends.py), chosen per run, the first that works here:
 
-    host (this process)
-     └─ supervisor   supervisor.py: namespaces, mounts, subreaper (trusted)
-         └─ runner   runner.py: rlimits, unprivileged uid, audit-hook
-                     guard, then exec of the code and the tests (untrusted)
+  bwrap       host ── bwrap launcher ── bwrap pid 1 (reaper of a new pid
+              namespace) ── runner.py (drops to the leased uid, forks) ──
+              the program's process (rlimits, guard, code, tests)
+  supervisor  host ── supervisor.py (own ctypes namespaces, mounts,
+              subreaper) ── runner.py (rlimits, uid drop, guard, code, tests)
 
-Isolation layers, each reported in `SandboxResult.layers` when active:
-  session          own session/process group, so nothing reaches the host's
-  scrubbed_env     a minimal fixed environment; nothing of the host's leaks
-  wall_clock_kill  at the deadline every sandbox process is SIGKILLed (found by
-                   session, parent, the leased uid and the network namespace)
-  rlimits          CPU seconds, address space (memory_mb), processes, file
-                   size, open files, no core dumps
-  nproc_enforced   the process limit binds (not root, or after the uid drop)
-  uid_drop         as root: a uid/gid leased for this run only (ids.py;
-                   no supplementary groups), so the program cannot signal,
-                   trace or read other processes and RLIMIT_NPROC counts only
-                   its own processes
-  userns           not root: a user namespace (needed for the next layers)
-  netns            an empty network namespace: no interface but a down loopback
-  pidns            the runner is pid 1 of a new pid namespace: host processes
-                   cannot even be named, and whatever the program leaves
-                   behind dies with it
-  mountns          private mounts, and within them:
-  readonly_fs      the whole file tree read-only,
-  private_tmp      empty read-only /tmp, /var/tmp and /run (no other users'
-                   temporary files, no X11 or D-Bus sockets),
-  private_workdir  a size-limited noexec tmpfs as the working directory (the
-                   only writable place, plus a small private /dev/shm),
-  private_proc     /proc of the sandbox's own pid namespace, or
-  hidden_proc      an empty /proc (no other process's environ or cmdline)
-  no_new_privs     exec can never gain privileges
-  subreaper        the supervisor reaps every orphan (pid 1 may not)
-  python_guard     the audit hook of `runner.py` (reports "forbidden")
+`SandboxResult.backend` names the one that ran and `SandboxResult.layers`
+lists every layer that was active; nothing is weakened silently.
+
+Isolation layers (B: bwrap backend, S: supervisor backend):
+  bwrap            B  bubblewrap built the sandbox (bwrap.py)
+  session          BS own session/process group, so nothing reaches the host's
+  scrubbed_env     BS a minimal fixed environment; nothing of the host's leaks
+  wall_clock_kill  BS at the deadline every sandbox process is SIGKILLed (B: the
+                      pid namespace's pid 1, which takes the namespace with it;
+                      S: found by session, parent, leased uid and network
+                      namespace)
+  rlimits          BS CPU seconds, address space (memory_mb), processes, file
+                      size, open files, no core dumps
+  nproc_enforced   BS the process limit binds (not root, or after the uid drop)
+  uid_drop         BS as root: a uid/gid leased for this run only (ids.py; no
+                      supplementary groups), so the program cannot signal,
+                      trace or read other processes, owns no host file, and
+                      RLIMIT_NPROC counts only its own processes. bwrap has
+                      no such mode (as root it would map the sandbox to host
+                      uid 0), so the runner drops to it before the program
+  no_caps          B  verified: no permitted, effective or ambient capability
+                      left when the program starts
+  userns           BS not root: a user namespace mapping only the caller's ids
+  netns            BS an empty network namespace (B: its own loopback only)
+  pidns            BS a new pid namespace: host processes cannot be named, and
+                      whatever the program leaves behind dies with it
+  ipcns, utsns     B  private System V IPC and hostname
+  mountns          BS private mounts, and within them:
+  readonly_fs      BS the whole file tree read-only (B: verified by the runner),
+  minimal_fs       B  only /usr, the loader's /etc files and the interpreter's
+                      directories exist: no home directories, projects, data,
+  private_tmp      BS an empty read-only /tmp (S: also /var/tmp and /run): no
+                      other users' temporary files, X11 or D-Bus sockets,
+  private_workdir  BS a size-limited tmpfs as the working directory (the only
+                      writable place, plus a small private /dev/shm; S: noexec),
+  private_proc     BS /proc of the sandbox's own pid namespace, or
+  hidden_proc      S  an empty /proc (no other process's environ or cmdline)
+  seccomp          B  seccomp.py: no ptrace/process_vm_*, no new namespaces, no
+                      mounts, no bpf/perf/io_uring/keyring/modules, sockets
+                      AF_UNIX only, foreign syscall ABIs kill the process
+  no_new_privs     BS exec can never gain privileges
+  subreaper        BS every orphan is reaped (B: bwrap's pid 1)
+  python_guard     BS the audit hook of `runner.py` (reports "forbidden")
+
+The own layers that remain under bwrap add what bwrap lacks: the uid lease
+and drop (above), the rlimits (bwrap sets none), the wall-clock kill and the
+nonce verdict with its status classification (classify.py), and the guard,
+which turns escape attempts into the "forbidden" status.
 
 What applies where (`isolation_layers()` tells for this machine):
-  root (this machine, CI)   everything above except userns.
-  root without namespaces   (e.g. a container without CAP_SYS_ADMIN): uid_drop
-                            if the interpreter is readable by other users,
-                            rlimits, guard; without the uid drop the guard
-                            also blocks fork, since RLIMIT_NPROC does not bind
-                            for root, and python_guard=False is refused.
-  not root, user namespaces everything except uid_drop (the program runs as
-                            the same user, but cannot name host processes,
-                            reach the network or write outside its tmpfs).
-  not root, no namespaces   session, scrubbed_env, wall_clock_kill, subreaper,
-                            rlimits (RLIMIT_NPROC is set to the user's current
-                            thread count plus `max_processes`), python_guard:
-                            the guard alone keeps files and signals in bounds.
+  bwrap present (CI, TPU VMs)   B layers; as root with uid_drop, not root
+                                with userns instead.
+  no bwrap, root                S layers except userns.
+  root without namespaces       (e.g. a container without CAP_SYS_ADMIN): uid_drop
+                                if the interpreter is readable by other users,
+                                rlimits, guard; without the uid drop the guard
+                                also blocks fork, since RLIMIT_NPROC does not bind
+                                for root, and python_guard=False is refused.
+  no bwrap, not root, userns    S layers except uid_drop.
+  not root, no namespaces       session, scrubbed_env, wall_clock_kill, subreaper,
+                                rlimits (RLIMIT_NPROC is set to the user's current
+                                thread count plus `max_processes`), python_guard:
+                                the guard alone keeps files and signals in bounds.
 
 Code and tests run in one interpreter: the verdict carries a nonce the
 program never sees on purpose, which defeats early exits and printed fake
@@ -63,38 +84,28 @@ the hard limit), memory (MemoryError, or killed near the address-space
 limit), forbidden (the guard blocked something, even if the program caught
 the exception), error (anything else: syntax errors, other exceptions,
 sys.exit before the tests finished, output over the limit, setup failure).
+
+`run_python_batch` runs many programs, each in its own fresh sandbox, on a
+pool of threads (every sandbox is a child process, so threads suffice).
 """
 
+import concurrent.futures
 import dataclasses
 import functools
-import hmac
-import json
+import marshal
 import math
 import os
 import re
 import secrets
-import shutil
-import signal
 import sys
-import tempfile
 
-from mm_rlhf_jax.rewards.sandbox import host as sandbox_host, ids as sandbox_ids
+from mm_rlhf_jax.rewards.sandbox import (backends, classify as sandbox_classify,
+                                         ids as sandbox_ids)
 
 STATUSES = ("passed", "failed", "timeout", "memory", "error", "forbidden")
-_RUNNER_STATUSES = ("passed", "failed", "error", "memory", "forbidden")
-
-FILE_BYTES = 16 << 20       # RLIMIT_FSIZE: largest file the program may write
-OPEN_FILES = 64             # RLIMIT_NOFILE
-WORKDIR_MB = 64             # size of the private tmpfs working directory
-STARTUP_TIMEOUT_S = 30.0    # interpreter start-up before the clock starts
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-@functools.lru_cache(maxsize=None)
-def _source(name):
-    with open(os.path.join(_HERE, name), encoding="utf-8") as f:
-        return f.read()
+BACKENDS = backends.BACKENDS
+STARTUP_TIMEOUT_S = backends.STARTUP_TIMEOUT_S
+bwrap_status = backends.bwrap_status
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +114,8 @@ class SandboxResult:
 
     `stdout`/`stderr` keep the first `max_output_bytes` of each stream;
     `returncode` is the runner's exit code (negative: killed by that signal);
-    `session_id` and `uid` identify the sandbox's processes (for audits)."""
+    `session_id` and `uid` identify the sandbox's processes (for audits);
+    `backend` is "bwrap" or "supervisor"."""
 
     status: str
     stdout: str
@@ -115,6 +127,7 @@ class SandboxResult:
     violations: tuple
     session_id: int
     uid: int | None
+    backend: str = "supervisor"
 
     @property
     def passed(self) -> bool:
@@ -139,7 +152,8 @@ def _check_args(code, tests, timeout_s, memory_mb, max_processes, max_output_byt
 
 def run_python(code: str, tests: str, *, timeout_s: float = 5.0, memory_mb: int = 512,
                max_processes: int = 16, max_output_bytes: int = 1 << 16,
-               python_guard: bool = True, namespaces: bool = True) -> SandboxResult:
+               python_guard: bool = True, namespaces: bool = True,
+               backend: str | None = None) -> SandboxResult:
     """Runs `code`, then `tests` (e.g. assert statements) in one namespace.
 
     Args:
@@ -148,118 +162,68 @@ def run_python(code: str, tests: str, *, timeout_s: float = 5.0, memory_mb: int 
       timeout_s: wall-clock limit from the moment the code starts; the CPU
         limit is ceil(timeout_s) + 1 seconds per process.
       memory_mb: address-space limit (RLIMIT_AS) per process.
-      max_processes: process/thread limit for the sandbox's uid.
+      max_processes: process/thread limit for the program.
       max_output_bytes: bytes of stdout and of stderr kept; a program writing
         more than max(16 MiB, 4 * max_output_bytes) in total is killed.
       python_guard: install the audit-hook guard (turn off only to test that
         the kernel layers hold on their own; refused when no kernel process
         limit applies).
-      namespaces: try network/mount/pid (and user) namespaces.
+      namespaces: use namespaces (False: the supervisor backend without them).
+      backend: "bwrap" or "supervisor"; None picks bwrap where it is usable.
     """
     _check_args(code, tests, timeout_s, memory_mb, max_processes, max_output_bytes)
     if not sys.platform.startswith("linux"):
         raise RuntimeError("run_python needs Linux (/proc, rlimits, namespaces)")
-    with sandbox_ids.lease_uid() as uid:
-        outcome, limits, nonce = _run(code, tests, uid, timeout_s, memory_mb, max_processes,
-                                      max_output_bytes, python_guard, namespaces)
+    chosen = backends.choose(backend, namespaces)
+    nonce = secrets.token_hex(16)
+    payload = marshal.dumps({"nonce": nonce, "code": code, "tests": tests})
+    limits = backends.limits_for(timeout_s, memory_mb, max_processes)
+    with sandbox_ids.lease() as lease:
+        if chosen == "bwrap":
+            outcome, layers = backends.run_bwrap(payload, lease.uid, limits, timeout_s,
+                                                 max_output_bytes, python_guard)
+        else:
+            outcome, layers = backends.run_supervisor(payload, lease.uid, limits, timeout_s,
+                                                      max_output_bytes, python_guard,
+                                                      namespaces)
+        lease.clean = outcome.clean
     status, reason, returncode = _classify(outcome, nonce, limits)
-    layers = {"session", "scrubbed_env", "wall_clock_kill"}
-    layers.update(k for k, v in outcome.layers.items() if v is True)
     violations = tuple(line[2:] for line in outcome.lines if line.startswith("V "))
     return SandboxResult(
         status=status, stdout=outcome.stdout.decode("utf-8", "replace"),
         stderr=outcome.stderr.decode("utf-8", "replace"), returncode=returncode,
         duration_s=outcome.duration_s, reason=reason, layers=tuple(sorted(layers)),
-        violations=violations, session_id=outcome.session_id, uid=uid)
-
-
-def _run(code, tests, uid, timeout_s, memory_mb, max_processes, max_output_bytes,
-         python_guard, namespaces):
-    """One supervised run in a fresh working directory; (Outcome, limits, nonce)."""
-    nonce = secrets.token_hex(16)
-    workdir = tempfile.mkdtemp(prefix="mm_rlhf_sandbox_")
-    try:
-        os.chmod(workdir, 0o700)
-        if uid is not None:
-            os.chown(workdir, uid, uid)  # for the no-mount-namespace fallback
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
-               "HOME": workdir, "TMPDIR": workdir, "PYTHONIOENCODING": "utf-8",
-               "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        limits = {"cpu_s": math.ceil(timeout_s) + 1, "memory_bytes": memory_mb << 20,
-                  "processes": max_processes, "file_bytes": FILE_BYTES,
-                  "open_files": OPEN_FILES}
-        config = {
-            "workdir": workdir, "uid": uid, "gid": uid, "namespaces": bool(namespaces),
-            "guard": bool(python_guard), "workdir_mb": WORKDIR_MB, "env": env,
-            "runner_source": _source("runner.py"), "limits": limits,
-        }
-        plan = sandbox_host.Plan(
-            argv=[sys.executable, "-I", "-B", "-c", _source("supervisor.py")],
-            env={"PATH": env["PATH"], "LANG": "C.UTF-8"}, workdir=workdir,
-            payload=json.dumps({"nonce": nonce, "code": code, "tests": tests}).encode(),
-            config=config, timeout_s=float(timeout_s), startup_timeout_s=STARTUP_TIMEOUT_S,
-            max_output_bytes=max_output_bytes,
-            output_kill_bytes=max(16 << 20, 4 * max_output_bytes), uid=uid)
-        outcome = sandbox_host.execute(plan)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return outcome, limits, nonce
-
-
-def _verdict(lines, nonce):
-    """The runner's first `R` line that carries the nonce, as (status, detail)."""
-    for line in lines:
-        parts = line.split(" ", 3)
-        if (len(parts) >= 3 and parts[0] == "R" and parts[2] in _RUNNER_STATUSES
-                and hmac.compare_digest(parts[1].encode(), nonce.encode())):
-            return parts[2], (parts[3] if len(parts) > 3 else "")
-    return None
-
-
-def _runner_exit(lines):
-    for line in lines:
-        parts = line.split()
-        if len(parts) == 4 and parts[0] == "X":
-            try:
-                return int(parts[1]), float(parts[2]), int(parts[3])
-            except ValueError:
-                continue
-    return None
+        violations=violations, session_id=outcome.session_id, uid=lease.uid,
+        backend=chosen)
 
 
 def _classify(outcome, nonce, limits):
-    """(status, reason, returncode) from the raw observations."""
-    errors = [line[2:] for line in outcome.lines if line.startswith("E ")]
-    violations = [line[2:] for line in outcome.lines if line.startswith("V ")]
-    verdict = _verdict(outcome.lines, nonce)
-    runner = _runner_exit(outcome.lines)
-    returncode = (os.waitstatus_to_exitcode(runner[0]) if runner is not None
-                  else outcome.supervisor_status)
-    if errors and verdict is None:
-        return "error", "sandbox setup failed: " + errors[0], returncode
-    if outcome.startup_timed_out:
-        return "error", f"sandbox did not start within {STARTUP_TIMEOUT_S:.0f}s", returncode
-    if violations or (verdict is not None and verdict[0] == "forbidden"):
-        first = violations[0] if violations else verdict[1]
-        return "forbidden", "blocked: " + first, returncode
-    if verdict is not None:
-        return verdict[0], "" if verdict[1] == "-" else verdict[1], returncode
-    if outcome.timed_out:
-        return "timeout", "wall-clock limit exceeded", returncode
-    if outcome.output_exceeded:
-        return "error", "output limit exceeded", returncode
-    if runner is None:
-        return "error", "the sandbox ended without a result", returncode
-    sig = -returncode if returncode is not None and returncode < 0 else None
-    cpu_s, max_rss_kib = runner[1], runner[2]
-    if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_s >= limits["cpu_s"] - 0.05):
-        return "timeout", f"CPU time limit ({cpu_s:.1f}s)", returncode
-    near_limit = max_rss_kib * 1024 >= 0.9 * limits["memory_bytes"]
-    if sig is not None and (near_limit or b"MemoryError" in outcome.stderr):
-        return "memory", f"killed by signal {sig} near the memory limit", returncode
-    if sig == signal.SIGXFSZ:
-        return "error", "file size limit exceeded", returncode
-    return "error", f"exited with code {returncode} before the tests finished", returncode
+    return sandbox_classify.classify(outcome, nonce, limits, STARTUP_TIMEOUT_S)
+
+
+def run_python_batch(items, *, workers: int | None = None, **kwargs) -> list:
+    """`run_python(code, tests, **kwargs)` for every (code, tests) pair of
+    `items`, each in its own fresh sandbox, `workers` at a time (default: the
+    number of CPUs); results in the order of `items`, each exactly what
+    `run_python` returns for it. Arguments are checked before any run."""
+    items = [tuple(item) for item in items]
+    check = {k: kwargs[k] for k in ("timeout_s", "memory_mb", "max_processes",
+                                    "max_output_bytes") if k in kwargs}
+    defaults = {"timeout_s": 5.0, "memory_mb": 512, "max_processes": 16,
+                "max_output_bytes": 1 << 16}
+    for item in items:
+        if len(item) != 2:
+            raise ValueError("run_python_batch: items must be (code, tests) pairs")
+        _check_args(*item, **{**defaults, **check})
+    backends.choose(kwargs.get("backend"), kwargs.get("namespaces", True))
+    if workers is None:
+        workers = os.cpu_count() or 1
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"run_python_batch: workers must be an int >= 1, got {workers!r}")
+    if workers == 1 or len(items) <= 1:
+        return [run_python(code, tests, **kwargs) for code, tests in items]
+    with concurrent.futures.ThreadPoolExecutor(min(workers, len(items))) as pool:
+        return list(pool.map(lambda item: run_python(*item, **kwargs), items))
 
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)```", re.DOTALL)
@@ -293,7 +257,24 @@ def code_reward(response: str, tests: str, *, timeout_s: float = 5.0,
     return 1.0 if result.passed else 0.0
 
 
+def code_rewards(responses, tests, *, workers: int | None = None, timeout_s: float = 5.0,
+                 memory_mb: int = 512) -> list:
+    """`code_reward` for each (response, tests) pair, on `run_python_batch`."""
+    responses, tests = list(responses), list(tests)
+    if len(responses) != len(tests):
+        raise ValueError(f"code_rewards: {len(responses)} responses but {len(tests)} tests")
+    codes = [extract_code(r) for r in responses]
+    todo = [i for i, code in enumerate(codes) if code is not None]
+    results = run_python_batch([(codes[i], tests[i]) for i in todo], workers=workers,
+                               timeout_s=timeout_s, memory_mb=memory_mb)
+    rewards = [0.0] * len(responses)
+    for i, result in zip(todo, results):
+        rewards[i] = 1.0 if result.passed else 0.0
+    return rewards
+
+
 @functools.lru_cache(maxsize=None)
-def isolation_layers() -> tuple:
-    """The layers a trivial run gets on this machine (cached)."""
-    return run_python("pass", "pass").layers
+def isolation_layers(backend: str | None = None) -> tuple:
+    """The layers a trivial run gets on this machine with `backend` (None:
+    the one chosen automatically); cached."""
+    return run_python("pass", "pass", backend=backend).layers

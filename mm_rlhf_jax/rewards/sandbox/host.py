@@ -1,23 +1,29 @@
-"""Host side of the code sandbox: start the supervisor, watch it, clean up.
+"""Host side of the code sandbox: start it, watch it, clean up.
 
-`execute(plan)` starts `supervisor.py` in a new session with a
-scrubbed environment, feeds the payload to the runner over stdin, reads
-stdout/stderr (bounded) and the protocol lines of the result pipe, enforces
-the wall-clock deadline, and afterwards kills every process of the sandbox.
+`execute(plan)` starts the sandbox (`supervisor.py`, or bubblewrap with
+`runner.py` in it) in a new session with a scrubbed environment, feeds the
+payload to the runner over stdin, reads stdout/stderr (bounded) and the
+protocol lines of the result pipe, enforces the wall-clock deadline, and
+afterwards kills every process of the sandbox.
 
-A sandbox process is any live process (other than the supervisor, which must
-survive to reap) that is in the sandbox's session, is a child of the
-supervisor, runs as the sandbox's unique uid, or lives in the sandbox's
-network namespace. The supervisor is a child subreaper: a program that left
-the session with setsid() is adopted by it once its parent dies, and the
-supervisor cannot exit while any descendant lives, so sweeping until the
-supervisor has exited leaves nothing behind in every mode. Killing goes
-through pidfds, so a recycled pid is never signalled.
+Killing, per backend:
+  supervisor  the supervisor is a child subreaper: a program that left the
+              session with setsid() is adopted by it once its parent dies,
+              and the supervisor cannot exit while any descendant lives, so
+              sweeping (sweep.py) until the supervisor has exited leaves
+              nothing behind in every mode.
+  bwrap       every sandbox process lives in a pid namespace whose pid 1 is
+              bwrap's reaper; bwrap reports its host pid (--info-fd) before
+              it lets the sandbox go on, and the payload is only sent once a
+              pidfd on it is held. SIGKILL to that pid 1 makes the kernel kill
+              the whole namespace, and its pidfd turns readable only when the
+              last of them is gone. Without a payload the runner runs nothing.
 
 Protocol lines on the result pipe (one per line, bounded):
-  L <json>               layers active (supervisor, before the runner starts)
+  L <json>               layers active (supervisor, or the bwrap runner
+                         before it starts the program)
   P <layer>              the runner's /proc layer (before it execs the program)
-  E <message>            setup failure (supervisor)
+  E <message>            setup failure (supervisor or runner)
   S                      the runner starts the untrusted code: timeout clock
   V <event> <detail>     the Python guard blocked an operation
   R <nonce> <status> ..  verdict of the runner (only trusted with the nonce)
@@ -25,13 +31,15 @@ Protocol lines on the result pipe (one per line, bounded):
 """
 
 import dataclasses
-import errno
 import json
 import os
+import select
 import selectors
 import signal
 import subprocess
 import time
+
+from mm_rlhf_jax.rewards.sandbox.sweep import _kill_quietly, kill_sandbox
 
 _READ_CHUNK = 1 << 16
 _PROTOCOL_BYTES = 1 << 18  # result-pipe bytes kept; the rest is dropped
@@ -53,11 +61,15 @@ class Plan:
     max_output_bytes: int
     output_kill_bytes: int
     uid: int | None
+    backend: str = "supervisor"
+    pass_fds: tuple = ()        # child-side descriptors; closed here once it started
+    info_fd: int | None = None  # bwrap: read end of the --info-fd pipe (closed here)
+    encode: object = json.dumps  # config -> the command's last argument
 
 
 @dataclasses.dataclass
 class Outcome:
-    """Raw observations of one run; `sandbox.py` turns them into a status."""
+    """Raw observations of one run; classify.py turns them into a status."""
 
     stdout: bytes = b""
     stderr: bytes = b""
@@ -75,6 +87,9 @@ class Outcome:
     netns: str | None = None
     layers: dict = dataclasses.field(default_factory=dict)
     notes: list = dataclasses.field(default_factory=list)
+    namespaces: dict = dataclasses.field(default_factory=dict)  # bwrap: kind -> inode
+    init_pid: int | None = None  # bwrap: host pid of the pid namespace's pid 1
+    clean: bool = False  # every sandbox process is known to be gone
 
 
 class _Streams:
@@ -129,93 +144,6 @@ class _Streams:
                     self.outcome.layers[text[2:]] = True
 
 
-def _proc_info(pid):
-    """(state, parent pid, session, real uid) of a process, or None."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as f:
-            stat = f.read().decode("ascii", "replace")
-        with open("/proc/%d/status" % pid, "rb") as f:
-            status = f.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2:].split()
-    uid = None
-    for line in status.splitlines():
-        if line.startswith("Uid:"):
-            uid = int(line.split()[1])
-            break
-    return fields[0], int(fields[1]), int(fields[3]), uid
-
-
-def _belongs(pid, session_id, uid, netns):
-    """Is `pid` a live (non-zombie) process of the sandbox?
-
-    The session id is the supervisor's pid; a child of the supervisor is an
-    orphan it adopted as subreaper (e.g. one that escaped with setsid())."""
-    info = _proc_info(pid)
-    if info is None or info[0] in ("Z", "X"):
-        return False
-    _, parent, session, proc_uid = info
-    if session == session_id or parent == session_id:
-        return True
-    if uid is not None and proc_uid == uid:
-        return True
-    if netns is None:
-        return False
-    try:
-        return os.readlink("/proc/%d/ns/net" % pid) == netns
-    except OSError:
-        return False
-
-
-def sandbox_pids(session_id, uid, netns, exclude=()):
-    """Live processes that belong to the sandbox (see the module docstring).
-
-    `netns` is only used when it differs from the host's own namespace, so a
-    failed unshare can never turn this into "every process on the host"."""
-    if netns is not None and netns == os.readlink("/proc/self/ns/net"):
-        netns = None
-    exclude = set(exclude) | {os.getpid()}
-    return [int(name) for name in os.listdir("/proc")
-            if name.isdigit() and int(name) not in exclude
-            and _belongs(int(name), session_id, uid, netns)]
-
-
-def kill_sandbox(session_id, uid, netns, exclude=(), max_passes=200):
-    """SIGKILL every sandbox process until a full pass finds none."""
-    if netns is not None and netns == os.readlink("/proc/self/ns/net"):
-        netns = None
-    for _ in range(max_passes):
-        pids = sandbox_pids(session_id, uid, netns, exclude)
-        if not pids:
-            return True
-        for pid in pids:
-            try:
-                pidfd = os.pidfd_open(pid)
-            except OSError as e:
-                if e.errno == errno.ENOSYS and _belongs(pid, session_id, uid, netns):
-                    _kill_quietly(pid)  # kernels before 5.3: small pid-reuse window
-                continue
-            try:
-                # The pidfd pins the process, so this re-check cannot be
-                # fooled by a recycled pid between the scan and the kill.
-                if _belongs(pid, session_id, uid, netns):
-                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            except OSError:
-                pass
-            finally:
-                os.close(pidfd)
-        time.sleep(0.002)
-    return False
-
-
-def _kill_quietly(pid):
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except OSError:
-        pass
-
-
 def _exited(pid):
     """True once the supervisor has exited (without reaping it)."""
     try:
@@ -230,22 +158,27 @@ def execute(plan):
     outcome = Outcome()
     result_r, result_w = os.pipe()
     config = dict(plan.config, result_fd=result_w)
-    argv = list(plan.argv) + [json.dumps(config)]
+    argv = list(plan.argv) + [plan.encode(config)]
     start = time.monotonic()
     try:
         proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            pass_fds=(result_w,), env=plan.env, cwd=plan.workdir,
+            pass_fds=(result_w,) + tuple(plan.pass_fds), env=plan.env, cwd=plan.workdir,
             start_new_session=True, close_fds=True)
     finally:
-        os.close(result_w)
+        for fd in (result_w,) + tuple(plan.pass_fds):
+            os.close(fd)
     outcome.session_id = proc.pid
+    state = _State(proc, plan, outcome)
     try:
-        _watch(proc, plan, outcome, result_r, start)
+        _watch(state, result_r, start)
     finally:
         if proc.returncode is None:  # interrupted (e.g. KeyboardInterrupt): no leftovers
-            _shut_down(proc, plan, outcome, lambda timeout: time.sleep(timeout))
+            _shut_down(state, lambda timeout: time.sleep(timeout))
+        state.close()
         os.close(result_r)
+        if plan.info_fd is not None:
+            os.close(plan.info_fd)
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             try:
                 stream.close()
@@ -255,9 +188,93 @@ def execute(plan):
     return outcome
 
 
-def _shut_down(proc, plan, outcome, wait):
+class _State:
+    """The started process and, under bwrap, what is known of pid 1."""
+
+    def __init__(self, proc, plan, outcome):
+        self.proc, self.plan, self.outcome = proc, plan, outcome
+        self.info = bytearray()
+        self.init_pidfd = None
+        self.init_gone = False
+
+    def add_info(self, data):
+        """bwrap's --info-fd JSON; once complete, pin pid 1 with a pidfd."""
+        self.info += data
+        if self.outcome.init_pid is not None or len(self.info) > 4096:
+            return
+        try:
+            info = json.loads(self.info.decode("utf-8"))
+            pid = int(info["child-pid"])
+        except (ValueError, KeyError, TypeError):
+            return  # incomplete so far
+        self.outcome.namespaces = {k[:-len("-namespace")]: v for k, v in info.items()
+                                   if k.endswith("-namespace")}
+        self.outcome.init_pid = pid
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:  # already gone: nothing can have started in it
+            self.init_gone = True
+            return
+        # The launcher is its parent until it is reaped, so a recycled pid
+        # (pid 1 already gone) cannot pass this check.
+        if _parent(pid) != self.proc.pid:
+            os.close(pidfd)
+            self.init_gone = True
+            return
+        self.init_pidfd = pidfd
+
+    def ready_for_payload(self):
+        return self.plan.backend != "bwrap" or self.init_pidfd is not None
+
+    def close(self):
+        if self.init_pidfd is not None:
+            os.close(self.init_pidfd)
+            self.init_pidfd = None
+
+
+def _parent(pid):
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            stat = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    return int(stat[stat.rfind(")") + 2:].split()[1])
+
+
+def _shut_down(state, wait):
+    if state.plan.backend == "bwrap":
+        _shut_down_bwrap(state, wait)
+    else:
+        _shut_down_supervisor(state, wait)
+
+
+def _shut_down_bwrap(state, wait):
+    """SIGKILL to pid 1 ends the pid namespace; its pidfd becomes readable
+    once every process in it is gone. Then the launcher is reaped."""
+    proc, outcome = state.proc, state.outcome
+    if state.init_pidfd is not None:
+        try:
+            signal.pidfd_send_signal(state.init_pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        # No need to drain the pipes meanwhile: SIGKILL ends blocked writers too.
+        state.init_gone = bool(select.select([state.init_pidfd], [], [], _REAP_GRACE_S)[0])
+    if not _exited(proc.pid):
+        _kill_quietly(proc.pid)
+    _, status = os.waitpid(proc.pid, 0)
+    proc.returncode = code = os.waitstatus_to_exitcode(status)
+    # bwrap exits with 128 + n when its child died of signal n (as a shell
+    # does); read that as the runner's "killed by n", as without bwrap.
+    outcome.supervisor_status = -(code - 128) if 128 < code < 128 + 65 else code
+    # Without a known pid 1 no payload was sent; the leased uid is swept
+    # before its next use (ids.py) since nothing here proved it empty.
+    outcome.clean = state.init_gone
+
+
+def _shut_down_supervisor(state, wait):
     """Kills every sandbox process but the supervisor, which must stay to reap
     them (orphans would go to pid 1, which may never reap), then reaps it."""
+    proc, plan, outcome = state.proc, state.plan, state.outcome
     kill_sandbox(outcome.session_id, plan.uid, outcome.netns, exclude={proc.pid})
     reap_deadline = time.monotonic() + _REAP_GRACE_S
     while not _exited(proc.pid) and time.monotonic() < reap_deadline:
@@ -270,20 +287,23 @@ def _shut_down(proc, plan, outcome, wait):
     kill_sandbox(outcome.session_id, plan.uid, outcome.netns)
 
 
-def _watch(proc, plan, outcome, result_r, start):
+def _watch(state, result_r, start):
+    proc, plan, outcome = state.proc, state.plan, state.outcome
     streams = _Streams(plan, outcome)
     sel = selectors.DefaultSelector()
     readers = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr",
                result_r: "result"}
+    if plan.info_fd is not None:
+        readers[plan.info_fd] = "info"
     for fd, name in readers.items():
         os.set_blocking(fd, False)
         sel.register(fd, selectors.EVENT_READ, name)
     stdin_fd = proc.stdin.fileno()
     os.set_blocking(stdin_fd, False)
-    sel.register(stdin_fd, selectors.EVENT_WRITE, "stdin")
     pending = memoryview(plan.payload)
     deadline = start + plan.startup_timeout_s
     clock_started = False
+    sending = False
 
     def pump(timeout):
         nonlocal pending
@@ -307,11 +327,17 @@ def _watch(proc, plan, outcome, result_r, start):
             if not data:
                 sel.unregister(key.fd)
                 continue
-            streams.add(key.data, data)
+            if key.data == "info":
+                state.add_info(data)
+            else:
+                streams.add(key.data, data)
 
     # Phase 1: run until the runner ends, the deadline passes, or too much output.
     while True:
         now = time.monotonic()
+        if not sending and state.ready_for_payload():
+            sending = True
+            sel.register(stdin_fd, selectors.EVENT_WRITE, "stdin")
         if outcome.started and not clock_started:
             clock_started = True
             deadline = now + plan.timeout_s
@@ -325,12 +351,13 @@ def _watch(proc, plan, outcome, result_r, start):
             break
         pump(min(0.05, max(0.0, deadline - now)))
     if not proc.stdin.closed:
-        sel.unregister(stdin_fd)
+        if sending:
+            sel.unregister(stdin_fd)
         proc.stdin.close()
 
     # Phase 2: kill the sandbox, let the supervisor reap and exit, then drain
     # what the pipes still hold.
-    _shut_down(proc, plan, outcome, pump)
+    _shut_down(state, pump)
     drain_deadline = time.monotonic() + _DRAIN_S
     while sel.get_map() and time.monotonic() < drain_deadline:
         pump(0.02)

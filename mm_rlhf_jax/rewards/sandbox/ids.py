@@ -6,7 +6,11 @@ dynamic users) by holding an exclusive flock on `<tmp>/mm_rlhf_sandbox_uids/
 <slot>` for the whole run, so concurrent runs, in this process or in others,
 never share a uid: the uid-based sweep of one run can never hit another run,
 and RLIMIT_NPROC counts only that run's processes. Leftovers of a crashed
-earlier holder of the slot are killed before the lease is handed out.
+earlier holder of the slot are killed before the lease is handed out: the
+lock file says "busy" while a run holds it and "clean" only after a run that
+proved all its processes gone (the bwrap backend's empty pid namespace), and
+every other state (a crash, the supervisor backend) makes the next holder
+sweep /proc for the uid first.
 """
 
 import contextlib
@@ -14,11 +18,10 @@ import fcntl
 import grp
 import os
 import pwd
-import secrets
 import stat
 import tempfile
 
-from mm_rlhf_jax.rewards.sandbox import host as sandbox_host
+from mm_rlhf_jax.rewards.sandbox import sweep
 
 BASE = 1_600_000_000
 SLOTS = 4096
@@ -46,28 +49,46 @@ def _lock_dir():
     return path
 
 
+_UNUSED = set()  # ids seen unassigned (nobody adds users at 1.6e9 mid-run)
+
+
 def _unused(uid):
+    if uid in _UNUSED:
+        return True
     for lookup in (pwd.getpwuid, grp.getgrgid):
         try:
             lookup(uid)
             return False
         except KeyError:
             pass
+    _UNUSED.add(uid)
     return True
 
 
+class Lease:
+    """A leased uid (None when not root); set `clean` once the run's
+    processes are known to be gone, so the next holder may skip the sweep."""
+
+    def __init__(self, uid):
+        self.uid = uid
+        self.clean = False
+
+
+_CLEAN, _BUSY = b"clean", b"busy."  # equal lengths: pwrite alone replaces either
+
+
 @contextlib.contextmanager
-def lease_uid():
-    """Yields a fresh uid (== gid) for this run, or None when not root or
-    when this user namespace does not map the id range."""
+def lease():
+    """Yields a `Lease` of a fresh uid (== gid) for this run; its uid is None
+    when not root or when this user namespace does not map the id range."""
     if os.geteuid() != 0 or not (_id_range_mapped("/proc/self/uid_map")
                                  and _id_range_mapped("/proc/self/gid_map")):
-        yield None
+        yield Lease(None)
         return
     directory = _lock_dir()
-    start = secrets.randbelow(SLOTS)
-    for k in range(SLOTS):
-        slot = (start + k) % SLOTS
+    # Lowest free slot first: it is usually the one a clean run just left,
+    # so its /proc sweep can be skipped.
+    for slot in range(SLOTS):
         uid = BASE + slot
         fd = os.open(os.path.join(directory, str(slot)),
                      os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -76,13 +97,29 @@ def lease_uid():
         except BlockingIOError:
             os.close(fd)
             continue
+        held = Lease(uid)
         try:
             if not _unused(uid):
                 continue
-            sandbox_host.kill_sandbox(session_id=-1, uid=uid, netns=None)
-            yield uid
+            if os.pread(fd, len(_CLEAN), 0) != _CLEAN:
+                sweep.kill_sandbox(session_id=-1, uid=uid, netns=None)
+            _mark(fd, _BUSY)
+            yield held
             return
         finally:
+            if held.clean:
+                _mark(fd, _CLEAN)
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
     raise RuntimeError(f"all {SLOTS} sandbox uids are in use")
+
+
+def _mark(fd, state):
+    os.pwrite(fd, state, 0)
+
+
+@contextlib.contextmanager
+def lease_uid():
+    """The uid of a `lease()` (for callers that never prove a run clean)."""
+    with lease() as held:
+        yield held.uid

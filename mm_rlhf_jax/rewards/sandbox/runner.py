@@ -1,13 +1,22 @@
 """Sandbox stage 2: run untrusted code and its tests, then report a verdict.
 
-This file is executed as `python -I -B -u -c <this source> <config json>` by
-the supervisor (`supervisor.py`), already inside the isolation it
-built (dropped uid, namespaces, rlimits, private working directory). It uses
-the standard library only and never imports the package.
+This file is executed as `python -I -B -u -c <this source> <config>`
+by the supervisor (`supervisor.py`), already inside the isolation it built
+(dropped uid, namespaces, rlimits, private working directory), or as
+`python -I -S -B -u -c ...` by bubblewrap (`bwrap.py`), inside bwrap's
+namespaces and seccomp filter. It uses the standard library only and never
+imports the package. The config (hex) and the payload (stdin) are `marshal`
+data written by the host: unlike json, marshal is built into the
+interpreter, which saves the import of `json` and `re` at every start.
 
 Steps:
   1. read the payload `{"nonce", "code", "tests"}` from stdin until EOF, then
      point stdin at /dev/null (the program sees an empty stdin);
+     under bubblewrap (`contain` in the config, see `contain()`): add the
+     site-packages directories, drop to the leased uid, fork; the parent
+     waits for the child and reports `X <wait status> <cpu> <max rss>` as
+     the supervisor does, the child sets the rlimits, checks that it holds
+     no capability, reports the layers it verified (`L <json>`) and goes on;
   2. install the Python-level guard (an audit hook, `sys.addaudithook`, which
      cannot be removed once added) unless the host turned it off;
   3. write `S` on the result pipe (the host starts the timeout clock), run the
@@ -35,11 +44,11 @@ The guard blocks, and reports as `V <event> <detail>` (status "forbidden"):
              the working directory, sys.settrace / sys.setprofile (a tracer
              can jump over failing asserts), resource.prlimit on other pids.
 It is best effort: Python-level hooks can be bypassed by native code, which
-is why the supervisor also applies the kernel layers where it can.
+is why the kernel layers (bubblewrap or the supervisor) hold on their own.
 """
 
 import builtins
-import json
+import marshal
 import os
 import sys
 
@@ -218,7 +227,130 @@ def _read_payload():
     devnull = os.open("/dev/null", os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    return json.loads(data.decode("utf-8"))
+    return marshal.loads(data)
+
+
+class _Quitter:
+    """`exit()` / `quit()`, which `site` would have added (-S skips it)."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __repr__(self):
+        return "Use %s() to exit" % self.name
+
+    def __call__(self, code=None):
+        raise SystemExit(code)
+
+
+def _add_site_dirs(dirs):
+    """What `site` does for each directory, minus the `import` lines of .pth
+    files (the host's hooks, e.g. editable installs, are not for the program)."""
+    for sitedir in dirs:
+        if sitedir in sys.path or not os.path.isdir(sitedir):
+            continue
+        sys.path.append(sitedir)
+        try:
+            names = sorted(n for n in os.listdir(sitedir) if n.endswith(".pth"))
+        except OSError:
+            continue
+        for name in names:
+            try:
+                with open(os.path.join(sitedir, name), encoding="utf-8") as f:
+                    lines = f.read().splitlines()
+            except (OSError, UnicodeDecodeError):
+                continue
+            for line in lines:
+                line = line.strip()
+                if not line or line.startswith(("#", "import ", "import\t")):
+                    continue
+                path = os.path.join(sitedir, line)
+                if path not in sys.path and os.path.isdir(path):
+                    sys.path.append(path)
+    builtins.exit, builtins.quit = _Quitter("exit"), _Quitter("quit")
+
+
+def _set_limits(limits, nproc):
+    import resource
+    cpu = int(limits["cpu_s"])
+    for name, soft, hard in (("RLIMIT_CPU", cpu, cpu + 1),
+                             ("RLIMIT_AS", limits["memory_bytes"], limits["memory_bytes"]),
+                             ("RLIMIT_NPROC", nproc, nproc),
+                             ("RLIMIT_FSIZE", limits["file_bytes"], limits["file_bytes"]),
+                             ("RLIMIT_NOFILE", limits["open_files"], limits["open_files"]),
+                             ("RLIMIT_CORE", 0, 0)):
+        resource.setrlimit(getattr(resource, name), (int(soft), int(hard)))
+
+
+def _drop_privileges(uid, gid):
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
+        raise OSError("uid drop did not take effect")
+    try:
+        os.setuid(0)
+    except PermissionError:
+        return
+    raise OSError("could regain root after the uid drop")
+
+
+def _own_status():
+    with open("/proc/self/status") as f:
+        return dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
+
+
+def _readonly_tree(workdir):
+    """True if every mount is read-only but the working directory, /dev/shm
+    and the kernel's pseudo file systems (whose files carry permissions)."""
+    with open("/proc/self/mountinfo") as f:
+        rows = f.read().splitlines()
+    for row in rows:
+        fields, _, fs = row.partition(" - ")
+        fields = fields.split()
+        if fs.split()[:1] in (["proc"], ["devpts"], ["devtmpfs"], ["mqueue"]) \
+                or fields[4] in (workdir, "/dev/shm"):
+            continue
+        if "ro" not in fields[5].split(","):
+            return False
+    return bool(rows)
+
+
+def contain(config, payload):
+    """Under bubblewrap: drop the uid, fork, and in the parent wait for the
+    child and report its exit (never returns); the child sets the limits,
+    verifies its isolation and returns to run the program."""
+    result_fd = config["result_fd"]
+    _add_site_dirs(config["site_dirs"])
+    uid = config["uid"]
+    if uid is not None:  # as root: bwrap left only CAP_SETUID/CAP_SETGID for this
+        _drop_privileges(uid, uid)
+    child = os.fork()
+    if child:
+        _, status, usage = os.wait4(child, 0)
+        line = "X %d %.3f %d\n" % (status, usage.ru_utime + usage.ru_stime, usage.ru_maxrss)
+        _write(result_fd, line.encode())
+        _exit(0)
+    try:
+        _set_limits(config["limits"], config["nproc"])
+        status = _own_status()
+        # The inheritable set (bwrap leaves CAP_SETUID/SETGID there) grants
+        # nothing once permitted and ambient are empty under no_new_privs.
+        caps = [int(status.get(k, "1"), 16) for k in ("CapPrm", "CapEff", "CapAmb")]
+        if any(caps):
+            raise OSError("capabilities left: %s" % caps)
+        with open("/proc/self/uid_map") as f:
+            userns = f.read().split() != ["0", "0", "4294967295"]
+        layers = {"no_caps": True, "rlimits": True, "nproc_enforced": os.getuid() != 0,
+                  "uid_drop": uid is not None, "seccomp": status.get("Seccomp") == "2",
+                  "no_new_privs": status.get("NoNewPrivs") == "1", "userns": userns,
+                  "readonly_fs": _readonly_tree(config["workdir"]),
+                  "python_guard": bool(config["guard"])}
+        report = ", ".join('"%s": %s' % (k, "true" if v else "false") for k, v in layers.items())
+        _write(result_fd, ('L {"layers": {%s}, "notes": []}\n' % report).encode())
+    except BaseException as e:  # noqa: BLE001 - report any setup failure
+        _write(result_fd, ("E runner setup failed: %r\n" % (e,)).encode())
+        _exit(127)
 
 
 def _describe(exc):
@@ -272,9 +404,11 @@ def _run(payload, guard, result_fd):
 
 
 def main():
-    config = json.loads(sys.argv[1])
+    config = marshal.loads(bytes.fromhex(sys.argv[1]))
     result_fd = config["result_fd"]
     payload = _read_payload()
+    if config.get("contain"):
+        contain(config, payload)
     nonce = payload["nonce"]
     fallback = {s: ("R %s %s -\n" % (nonce, s)).encode()
                 for s in ("passed", "failed", "error", "memory", "forbidden")}

@@ -1,6 +1,7 @@
-"""Sandbox stage 1: the trusted supervisor that builds the isolation.
+"""Sandbox stage 1 of the fallback backend: the trusted supervisor that
+builds the isolation where bubblewrap is not usable (see backends.py).
 
-The host (`sandbox.py`) starts this file as `python -I -B -c <source>
+The host (host.py) starts this file as `python -I -B -c <source>
 <config json>` in a new session with a scrubbed environment. It uses the
 standard library only (ctypes for unshare/mount/prctl) and never imports the
 package. In order, it:
@@ -34,6 +35,7 @@ Setup failures are reported as `E <message>`.
 
 import ctypes
 import json
+import marshal
 import os
 import resource
 import signal
@@ -293,7 +295,7 @@ def exec_runner(config, drop, nproc, pidns):
         "private_workdir": config["private_workdir"],
     }
     argv = [sys.executable, "-I", "-B", "-u", "-c", config["runner_source"],
-            json.dumps(runner_config)]
+            marshal.dumps(runner_config).hex()]
     os.execve(sys.executable, argv, config["env"])
 
 
