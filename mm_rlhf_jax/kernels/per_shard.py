@@ -6,7 +6,7 @@ device (correct, but each device then does the work of all of them). Under a
 multi-device mesh (`jax.set_mesh`) the kernel entry points therefore wrap the
 Pallas variants in `shard_map`:
 
-  attention       batch over the batch axes, heads over `tensor`
+  attention       batch over the batch axes (and `sequence`), heads over `tensor`
   token_logprobs  (pallas_gpu) tokens over every axis; the LM head is gathered
                   (pallas_tpu shards itself, vocab-parallel: token_logprobs/sharded.py)
 
@@ -53,10 +53,12 @@ def attention(kernel, q, k, v, q_seg, kv_seg, q_br, kv_br, q_offset):
     mesh = ambient_mesh()
     if mesh is None:
         return kernel(q, k, v, q_seg, kv_seg, q_br, kv_br, q_offset)
-    b = split_axes(mesh, BATCH_AXES, q.shape[0])
+    # Rows are independent here (sequence-sharded attention is context_parallel.py's), so a `sequence`
+    # axis may split rows too: the vision tower's tiles under LongPO's or MM-DPO's sequence mesh.
+    b = split_axes(mesh, BATCH_AXES + ("sequence",), q.shape[0])
     h = split_axes(mesh, (HEAD_AXIS,), k.shape[2])
-    if b is None and h is None:
-        return kernel(q, k, v, q_seg, kv_seg, q_br, kv_br, q_offset)
+    # Even when nothing divides, the call stays inside shard_map (replicated): Mosaic kernels cannot be
+    # partitioned automatically, so an unwrapped call fails to compile under a multi-device mesh.
     heads, ids = P(b, None, h, None), P(b, None)
     br = None if q_br is None else ids
     fn = jax.shard_map(kernel, mesh=mesh, in_specs=(heads, heads, heads, ids, ids, br, br, P()),
@@ -67,9 +69,9 @@ def attention(kernel, q, k, v, q_seg, kv_seg, q_br, kv_br, q_offset):
 def token_logprobs(kernel, hidden, w, labels):
     """kernel(hidden [N, H], w [H, V], labels [N]) -> (logp [N], ent [N]), per token shard."""
     mesh = ambient_mesh()
-    n = split_axes(mesh, TOKEN_AXES, hidden.shape[0]) if mesh is not None else None
-    if n is None:
+    if mesh is None:
         return kernel(hidden, w, labels)
+    n = split_axes(mesh, TOKEN_AXES, hidden.shape[0])  # None: replicated, but still inside shard_map
     fn = jax.shard_map(kernel, mesh=mesh, in_specs=(P(n, None), P(None, None), P(n)), out_specs=(P(n), P(n)),
                        check_vma=False)
     return fn(hidden, w, labels)

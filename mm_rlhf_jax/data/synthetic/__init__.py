@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 
-from mm_rlhf_jax import distributed, storage
+from mm_rlhf_jax import storage
 
 # Written last into a folder built on a URL (object stores have no atomic folder rename).
 COMPLETE = "_BUILT"
@@ -33,6 +33,8 @@ def build_once(path: str, build) -> str:
 
     Every process calls it at the same point of a run (it ends in a barrier).
     """
+    from mm_rlhf_jax import distributed  # here, not at the top: configs import this package without jax
+
     if distributed.is_primary() and not _built(path):
         if storage.is_url(path):
             tmp = tempfile.mkdtemp(prefix="mm_rlhf_jax_build_")
