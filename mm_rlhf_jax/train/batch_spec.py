@@ -42,7 +42,7 @@ def pair_batch(d, model_config, mesh, *, batch_size: int, kind: str = "preferenc
         if d.video:
             shapes.update(pixel_values_videos=((b, d.num_frames, 3, tile, tile), np.float32),
                           has_video=((b,), np.bool_))
-    return {k: jax.ShapeDtypeStruct(s, dt, sharding=placement.row_sharding(mesh, len(s)))
+    return {k: jax.ShapeDtypeStruct(s, dt, sharding=placement.row_sharding(mesh, len(s), b))
             for k, (s, dt) in shapes.items()}
 
 
@@ -63,7 +63,7 @@ def packed_batch(d, model_config, mesh, *, rows: int, kind: str = "preference") 
     for key in keys:
         dtype, spec = PACKED_SPEC[key]
         shape = tuple(sizes[s] if isinstance(s, str) else s for s in spec)
-        out[key] = jax.ShapeDtypeStruct(shape, dtype, sharding=placement.row_sharding(mesh, len(shape)))
+        out[key] = jax.ShapeDtypeStruct(shape, dtype, sharding=placement.row_sharding(mesh, len(shape), r))
     return out
 
 

@@ -57,7 +57,7 @@ def sample_batch(config, mesh, batch_size: int, *, with_ref: bool = True) -> dic
                   ref_loss_mask=((b, 2, k, length), np.float32))
     if with_ref:
         shapes["ref_logps"] = ((b, 2), np.float32)
-    return {name: jax.ShapeDtypeStruct(s, dt, sharding=placement.row_sharding(mesh, len(s)))
+    return {name: jax.ShapeDtypeStruct(s, dt, sharding=placement.row_sharding(mesh, len(s), b))
             for name, (s, dt) in shapes.items()}
 
 
