@@ -2,8 +2,7 @@
 
     python bench/tiny_seeds.py --config configs/mm_dpo.py:tiny --seeds 0,1,2 --workdir runs/seeds
     python bench/tiny_seeds.py --config configs/ppo.py:tiny --name grpo --seeds 0,1,2 --workdir runs/seeds \\
-        -- --config.ppo.advantage=grpo --config.ppo.kl_mode=loss --config.ppo.kl_estimator=k3 \\
-           --config.ppo.whiten_advantages=False
+        -- --config.ppo.advantage=grpo
 
 "Seed S" sets every seed of the config to S (`seed` and every `*.seed` / `*_seed` key: model init,
 batch order, the synthetic data's draw), so each seed is an independent replicate of the whole

@@ -3,9 +3,9 @@
 Tiny (CPU, bundled synthetic math / code tasks, text-only random-init policy,
 short SFT warm start, then PPO with the math verifier and the code sandbox):
     python -m mm_rlhf_jax.main --config configs/ppo.py:tiny --workdir runs/ppo_tiny
-GRPO / RLOO instead of GAE (no critic):
-    ... --config configs/ppo.py:tiny --config.ppo.advantage=grpo --config.ppo.kl_mode=loss \\
-        --config.ppo.kl_estimator=k3 --config.ppo.whiten_advantages=False
+GRPO or RLOO instead of GAE (no critic; the advantage implies its KL placement and estimator, whitening,
+policy loss and loss aggregation: algorithms/ppo/objectives.py):
+    ... --config configs/ppo.py:tiny --config.ppo.advantage=grpo      # or rloo
 With the "general" domain judged by a tiny GenRM trained on synthetic verdicts:
     python -m mm_rlhf_jax.main --config configs/ppo.py:tiny_hybrid --workdir runs/ppo_hybrid
 

@@ -14,6 +14,7 @@ keep the schema's keys, and that every key is read somewhere).
 from typing import Callable
 
 import ml_collections
+from ml_collections import config_dict
 
 CD = ml_collections.ConfigDict
 
@@ -229,30 +230,53 @@ def prompt_data_block(**overrides) -> CD:
 
 
 def ppo_block(**overrides) -> CD:
+    """PPO-family RL. `advantage` selects a whole algorithm; the knobs marked "preset" stay None (typed
+    placeholders, settable from the command line) and take that algorithm's value unless set:
+
+        knob               gae (PPO)   grpo (GRPO)   rloo (RLOO)
+        whiten_advantages  True        False         False
+        kl_mode            reward      loss          reward
+        kl_estimator       k1          k3            k1
+        policy_loss        ppo         ppo           rloo
+        loss_aggregation   token       sequence      sequence
+        scale_rewards      -           group         -
+
+    (the table, its sources and the checks live in algorithms/ppo/objectives.py).
+    """
     return _block(dict(
         prompts_per_step=16,  # prompts per rollout batch (global)
         samples_per_prompt=4,  # responses per prompt; the group size of grpo / rloo
         max_prompt_length=64,  # prompt tokens (left-padded); a longer prompt is an error naming its record
-        max_new_tokens=16,
+        max_new_tokens=16,  # also the constant of loss_aggregation=constant (Dr. GRPO)
         sampling="temperature",  # a rollout.strategies name; top_k / top_p truncation is not in the PPO ratio
         temperature=1.0,  # also divides the logits of every training log-prob (as TRL)
         top_k=0,
         top_p=1.0,
         epochs=2,  # PPO epochs over each rollout batch
         num_minibatches=2,  # per epoch; rollout rows must split evenly
-        advantage="gae",  # gae (critic) | grpo | rloo (losses.advantages.ADVANTAGE_ESTIMATORS)
+        advantage="gae",  # gae (PPO, critic) | grpo | rloo: the algorithm (algorithms/ppo/objectives.ALGORITHMS)
         gamma=1.0,
         lam=0.95,
-        whiten_advantages=True,  # over all response tokens of the rollout batch
-        policy_loss="ppo",  # losses.ppo.POLICY_LOSSES
+        # preset: masked whitening over all response tokens of the rollout batch
+        whiten_advantages=config_dict.placeholder(bool),
+        # preset: grpo's std: group (per prompt, the paper) | batch (the whole rollout batch) | none (Dr. GRPO)
+        scale_rewards=config_dict.placeholder(str),
+        # preset: ppo (token-ratio clip) | rloo (sequence-ratio clip, TRL RLOO) | reinforce (RLOO paper,
+        # on-policy: epochs = num_minibatches = 1) (losses.ppo.POLICY_LOSSES)
+        policy_loss=config_dict.placeholder(str),
+        # preset: token (/ response tokens: TRL dapo, bnpo) | sequence (mean of per-sequence means: TRL grpo)
+        # | constant (/ sequences x max_new_tokens: TRL dr_grpo) (losses.ppo.LOSS_AGGREGATIONS)
+        loss_aggregation=config_dict.placeholder(str),
         clip_eps=0.2,
         clip_eps_high=0.0,  # 0 = clip_eps (symmetric); > clip_eps = DAPO-style clip-higher
-        value_clip=0.2,  # 0 = unclipped value loss
+        value_clip=0.2,  # 0 = unclipped value loss (critic only: gae)
         vf_coef=1.0,  # the critic has its own optimizer; this scales its loss
-        entropy_coef=0.0,
-        kl_mode="reward",  # reward (k-estimate in the token reward) | loss (added to the actor loss) | none
-        kl_coef=0.05,
-        kl_estimator="k1",  # k1 | k2 | k3 (losses.kl); k1 is the usual in-reward choice, k3 as a loss
+        entropy_coef=0.0,  # times the token-mean entropy, whatever loss_aggregation (as TRL)
+        # preset: reward (k-estimate in the token reward; summed over the sequence by grpo / rloo) | loss (added
+        # per token to the policy loss, aggregated with it) | none
+        kl_mode=config_dict.placeholder(str),
+        kl_coef=0.05,  # PPO's KL coefficient, GRPO's beta (DeepSeekMath: 0.04; TRL: 0), RLOO's beta (TRL: 0.05)
+        kl_estimator=config_dict.placeholder(str),  # preset: k1 | k2 | k3 (losses.kl)
         missing_stop_penalty=0.0,  # subtracted from the score of a response that hit max_new_tokens
         eval_batch_size=64,  # held-out prompts per generation call
         log_samples=4,  # (prompt, response, reward) rows written to samples.jsonl per logged cycle

@@ -17,11 +17,14 @@ prediction), so every per-token array is aligned with input_ids.
   experience_step  old log-probs (actor), reference log-probs, values (critic),
                    KL-shaped token rewards, advantages (ADVANTAGE_ESTIMATORS: gae,
                    grpo, rloo) and returns; optional advantage whitening
-  update_step      one minibatch: clipped policy loss (+ KL loss, - entropy bonus)
-                   for the actor, clipped value loss for the critic; both updated
+  update_step      one minibatch: policy loss (+ KL loss) aggregated by the
+                   objective's loss_aggregation, - token-mean entropy bonus, for
+                   the actor; clipped value loss for the critic; both updated
 
+Which estimator, KL placement and estimator, policy loss and aggregation: the
+Objective of the ppo block (objectives.resolve: PPO, GRPO and RLOO presets).
 Every loss is a (sum, count) pair from losses/ divided once, after the global
-(cross-device) sum, so sharding never changes the value.
+(cross-device) sum, so sharding and microbatching never change the value.
 """
 
 from typing import Any
@@ -29,16 +32,13 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
-import ml_collections
 
+from mm_rlhf_jax.algorithms.ppo import objectives
 from mm_rlhf_jax.losses.advantages import ADVANTAGE_ESTIMATORS, whiten
 from mm_rlhf_jax.losses.kl import kl_estimate
 from mm_rlhf_jax.losses.logprobs import shifted_token_logprobs
-from mm_rlhf_jax.losses.ppo import POLICY_LOSSES, entropy_bonus, kl_shaped_rewards, value_loss
+from mm_rlhf_jax.losses.ppo import LOSS_AGGREGATIONS, POLICY_LOSSES, entropy_bonus, kl_shaped_rewards, value_loss
 from mm_rlhf_jax.train import state as state_lib
-
-# Where the KL to the reference goes: (coefficient in the reward, coefficient in the loss), times kl_coef.
-KL_PLACEMENT = {"reward": (1.0, 0.0), "loss": (0.0, 1.0), "none": (0.0, 0.0)}
 
 
 @flax.struct.dataclass
@@ -49,13 +49,6 @@ class RLState:
     actor: state_lib.TrainState
     critic: Any
     rng: jax.Array
-
-
-def kl_placement(c: ml_collections.ConfigDict) -> tuple[float, float]:
-    if c.kl_mode not in KL_PLACEMENT:
-        raise ValueError(f"unknown kl_mode {c.kl_mode!r}; use {sorted(KL_PLACEMENT)}")
-    in_reward, in_loss = KL_PLACEMENT[c.kl_mode]
-    return in_reward * c.kl_coef, in_loss * c.kl_coef
 
 
 def sequences(prompt_ids, prompt_mask, tokens, mask) -> dict:
@@ -89,17 +82,22 @@ def experience_step(actor_params, ref_params, critic_params, prompts, rollout, s
 
     rollout: {"tokens", "mask"} int32[N, M]; scores f32[N] sequence rewards (router output).
     """
+    o = objectives.resolve(c)
+    if o.critic != (critic_module is not None):
+        need = "reads a critic's values: pass its module" if o.critic else "trains no critic: pass None"
+        raise ValueError(f"ppo.advantage={o.advantage!r} {need} as critic_module")
     seqs = sequences(prompts["prompt_ids"], prompts["prompt_mask"], rollout["tokens"], rollout["mask"])
     m = seqs["response_mask"]
     old_logp, ent = token_logprobs(actor_module, actor_params, seqs, temperature=c.temperature, entropy=True)
     ref_logp = token_logprobs(actor_module, ref_params, seqs, temperature=c.temperature)
     values = jnp.zeros_like(m) if critic_module is None else token_values(critic_module, critic_params, seqs) * m
-    kl_reward_coef, _ = kl_placement(c)
-    kl = kl_estimate(old_logp, ref_logp, c.kl_estimator) * m
+    kl_reward_coef, _ = objectives.kl_coefficients(o, c.kl_coef)
+    kl = kl_estimate(old_logp, ref_logp, o.kl_estimator) * m
     token_rewards = kl_shaped_rewards(scores, kl, m, kl_coef=kl_reward_coef)
-    adv, returns = ADVANTAGE_ESTIMATORS.get(c.advantage)(
-        token_rewards, m, values=values, gamma=c.gamma, lam=c.lam, group_size=c.samples_per_prompt)
-    if c.whiten_advantages:
+    adv, returns = ADVANTAGE_ESTIMATORS.get(o.advantage)(
+        token_rewards, m, values=values, gamma=c.gamma, lam=c.lam, group_size=c.samples_per_prompt,
+        scale_rewards=o.scale_rewards)
+    if o.whiten_advantages:
         adv = whiten(adv, m)
     n = jnp.maximum(jnp.sum(m), 1.0)
     exp = {**seqs, "old_logp": old_logp * m, "ref_logp": ref_logp * m, "old_values": values,
@@ -117,28 +115,47 @@ def experience_step(actor_params, ref_params, critic_params, prompts, rollout, s
     return exp, metrics
 
 
-def counts(mb) -> dict:
-    """The global normaliser of a minibatch: its response tokens."""
-    return {"tokens": jnp.sum(mb["response_mask"])}
+def counts(mb, max_new_tokens: int) -> dict:
+    """The global normalisers of a minibatch (losses.ppo.LOSS_AGGREGATIONS): response tokens, sequences
+    (rows, empty responses included, as TRL) and token slots (rows x max_new_tokens, Dr. GRPO's constant)."""
+    m = mb["response_mask"]
+    rows = jnp.asarray(m.shape[0], jnp.float32)
+    return {"tokens": jnp.sum(m), "sequences": rows, "token_slots": rows * max_new_tokens}
 
 
 def actor_loss(module, params, mb, c, counts_: dict | None = None):
-    """(loss, metrics): token-mean clipped policy loss + KL loss - entropy bonus over the minibatch.
+    """(loss, metrics) of the actor on minibatch mb (actor_objective on its log-probs and entropy).
 
     counts_: the whole minibatch's normalisers when mb is one of its microbatches (default: mb's own).
     """
-    m = mb["response_mask"]
     logp, ent = token_logprobs(module, params, mb, temperature=c.temperature, entropy=True)
-    terms = POLICY_LOSSES.get(c.policy_loss)(logp, mb["old_logp"], mb["advantages"], m, clip_eps=c.clip_eps,
-                                              clip_eps_high=c.clip_eps_high or None)
-    n = jnp.maximum((counts_ or counts(mb))["tokens"], 1.0)
-    _, kl_loss_coef = kl_placement(c)
-    kl_sum = jnp.sum(kl_estimate(logp, mb["ref_logp"], c.kl_estimator) * m)
+    return actor_objective(logp, ent, mb, c, counts_ or counts(mb, c.max_new_tokens))
+
+
+def actor_objective(logp, ent, mb, c, n: dict):
+    """(loss, metrics): aggregated policy loss + kl_coef * KL loss - entropy_coef * token-mean entropy.
+
+    logp, ent f32[B, T] (the policy being updated); mb: the experience rows (old_logp,
+    ref_logp, advantages, response_mask f32[B, T]); n: counts() of the whole minibatch.
+    With kl_mode=loss the KL estimate joins the policy loss token by token and is
+    aggregated with it (TRL's GRPO: per_token_loss + beta * per_token_kl);
+    clipfrac, approx_kl and entropy are always token means.
+    """
+    o = objectives.resolve(c)
+    m = mb["response_mask"]
+    agg = LOSS_AGGREGATIONS.get(o.loss_aggregation)
+    w = agg.weights(m)
+    terms = POLICY_LOSSES.get(o.policy_loss)(logp, mb["old_logp"], mb["advantages"], m, weights=w,
+                                             clip_eps=c.clip_eps, clip_eps_high=c.clip_eps_high or None)
+    norm = jnp.maximum(n[agg.normaliser], 1.0)
+    tokens = jnp.maximum(n["tokens"], 1.0)
+    _, kl_loss_coef = objectives.kl_coefficients(o, c.kl_coef)
+    kl = jnp.sum(kl_estimate(logp, mb["ref_logp"], o.kl_estimator) * w) / norm
     ent_sum, _ = entropy_bonus(ent, m)
-    policy = terms.loss_sum / n
-    loss = policy + kl_loss_coef * kl_sum / n - c.entropy_coef * ent_sum / n
-    return loss, {"ppo/policy_loss": policy, "ppo/kl_loss": kl_sum / n, "ppo/entropy": ent_sum / n,
-                  "ppo/clipfrac": terms.clipfrac_sum / n, "ppo/approx_kl": terms.approx_kl_sum / n,
+    policy = terms.loss_sum / norm
+    loss = policy + kl_loss_coef * kl - c.entropy_coef * ent_sum / tokens
+    return loss, {"ppo/policy_loss": policy, "ppo/kl_loss": kl, "ppo/entropy": ent_sum / tokens,
+                  "ppo/clipfrac": terms.clipfrac_sum / tokens, "ppo/approx_kl": terms.approx_kl_sum / tokens,
                   "ppo/actor_loss": loss}
 
 
@@ -146,7 +163,7 @@ def critic_loss(module, params, mb, c, counts_: dict | None = None):
     """(loss, metrics): vf_coef * token-mean clipped value loss (normalisers as actor_loss)."""
     v = token_values(module, params, mb)
     total, _ = value_loss(v, mb["old_values"], mb["returns"], mb["response_mask"], clip_eps=c.value_clip or None)
-    vl = total / jnp.maximum((counts_ or counts(mb))["tokens"], 1.0)
+    vl = total / jnp.maximum((counts_ or counts(mb, c.max_new_tokens))["tokens"], 1.0)
     return c.vf_coef * vl, {"ppo/value_loss": vl}
 
 
@@ -155,10 +172,10 @@ def update_step(state: RLState, experience: dict, idx, *, actor_module, critic_m
     """One minibatch (rows `idx` int32[mb] of the experience) update of actor and critic.
 
     microbatches > 1 accumulates each gradient over that many microbatches of the
-    minibatch (state.accumulate_grads), with the minibatch's token count as normaliser.
+    minibatch (state.accumulate_grads), with the whole minibatch's counts as normalisers.
     """
     mb = jax.tree.map(lambda x: x[idx], experience)
-    n = counts(mb)
+    n = counts(mb, c.max_new_tokens)
     (a_loss, metrics), grads = state_lib.accumulate_grads(
         lambda p, b, k: actor_loss(actor_module, p, b, c, k), state.actor.params, actor_mask, mb, n, microbatches)
     actor, opt = state_lib.apply_gradients(state.actor, grads, actor_tx, actor_mask)

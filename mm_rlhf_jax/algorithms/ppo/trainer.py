@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 
 from mm_rlhf_jax import distributed, storage
-from mm_rlhf_jax.algorithms.ppo import step as step_lib
+from mm_rlhf_jax.algorithms.ppo import objectives, step as step_lib
 from mm_rlhf_jax.data.prompts_pool import PromptRecord
 from mm_rlhf_jax.data.tokenize import encode_turns
 from mm_rlhf_jax.models import hf
@@ -38,10 +38,6 @@ from mm_rlhf_jax.rollout.strategies import SamplingConfig
 from mm_rlhf_jax.sharding import SAMPLING_RULES, placement, replicated, unbox_values
 from mm_rlhf_jax.train import checkpoint, partition, phase, state as state_lib
 from mm_rlhf_jax.train.optim import make_optimizer
-
-# Advantage estimators that read a learned critic's values.
-NEEDS_CRITIC = frozenset({"gae"})
-
 
 def sampling_config(p: ml_collections.ConfigDict) -> SamplingConfig:
     """The rollout sampling of a `ppo` block."""
@@ -135,7 +131,7 @@ def build_roles(config: ml_collections.ConfigDict, ctx: phase.RunContext, actor_
     updates = config.train.steps * p.epochs * p.num_minibatches
     actor = _role(actor_module, make_optimizer(config.optim, updates), trainable, ctx.mesh, ctx.rules)
     critic = None
-    if p.advantage in NEEDS_CRITIC:
+    if objectives.resolve(p).critic:
         patterns = (".*",) if config.critic.train_trunk else ("value_head/.*",)
         critic = _role(ModelWithHeads(trunk=actor_module, value_head=ValueHead()),
                        make_optimizer(config.critic_optim, updates), patterns, ctx.mesh, ctx.rules)
@@ -223,8 +219,7 @@ class RLTrainer:
         if p.num_minibatches < 1 or self.n % p.num_minibatches:
             raise ValueError(f"rollout batch of {self.n} rows (prompts_per_step x samples_per_prompt) does not split "
                              f"into num_minibatches={p.num_minibatches}")
-        if p.advantage not in NEEDS_CRITIC and p.samples_per_prompt < 2:
-            raise ValueError(f"advantage={p.advantage!r} compares samples of a prompt: set samples_per_prompt >= 2")
+        objectives.resolve(p)  # a bad knob combination fails here, before any compile
         placement.check_rows(self.n, self.mesh, "rollout batch (prompts_per_step x samples_per_prompt)")
         placement.check_rows(self.n // p.num_minibatches, self.mesh, "minibatch")
         actor = roles.actor

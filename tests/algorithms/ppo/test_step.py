@@ -10,18 +10,17 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from tests.train.pair_reference import assert_same_update
 
 from mm_rlhf_jax.losses.kl import kl_estimate
-from mm_rlhf_jax.losses.ppo import clipped_policy_loss, kl_shaped_rewards, value_loss
+from mm_rlhf_jax.losses.ppo import kl_shaped_rewards, value_loss
 from mm_rlhf_jax.models.config import DecoderConfig
 from mm_rlhf_jax.models.decoder import Decoder
 from mm_rlhf_jax.models.heads import ModelWithHeads, ValueHead
-from mm_rlhf_jax.algorithms.ppo import step as ppo_step
+from mm_rlhf_jax.algorithms.ppo import objectives, step as ppo_step
 from mm_rlhf_jax.algorithms.ppo.trainer import sampling_config
 from mm_rlhf_jax.config_lib import optim_block, ppo_block
 from mm_rlhf_jax.rollout import left_pad, sample
@@ -34,8 +33,8 @@ PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12], [13, 14], [15, 16, 17, 18]]
 
 
 def cfg(**kw):
-    base = dict(max_new_tokens=6, temperature=0.7, samples_per_prompt=G, advantage="gae", kl_mode="reward",
-                kl_coef=0.1, kl_estimator="k1", entropy_coef=0.01)
+    base = dict(max_new_tokens=6, temperature=0.7, samples_per_prompt=G, advantage="gae", kl_coef=0.1,
+                entropy_coef=0.01)
     base.update(kw)
     return ppo_block(**base)
 
@@ -174,21 +173,51 @@ def make_state(models, c, with_critic=True, lr=1e-3, microbatches=1):
     return state, update
 
 
+def trl_reduce(per_token, m, aggregation):
+    """TRL's reductions, written as TRL writes them: loss_type "grpo" (per-sequence mean, then mean) or
+    "dapo"/"bnpo" (over all tokens of the batch)."""
+    if aggregation == "sequence":
+        return jnp.mean(jnp.sum(per_token * m, -1) / jnp.maximum(jnp.sum(m, -1), 1.0))
+    assert aggregation == "token"
+    return jnp.sum(per_token * m) / jnp.sum(m)
+
+
+def trl_policy_terms(logp, old_logp, adv, m, policy_loss, eps):
+    """(per-token loss or per-sequence loss, clipped-token indicator) of TRL's GRPO / RLOO losses."""
+    if policy_loss == "ppo":  # GRPOTrainer: coef_1 = exp(logp - old), coef_2 = clamp(coef_1, 1 - eps, 1 + eps)
+        coef_1 = jnp.exp(logp - old_logp)
+        coef_2 = jnp.clip(coef_1, 1 - eps, 1 + eps)
+        return -jnp.minimum(coef_1 * adv, coef_2 * adv), (coef_2 * adv < coef_1 * adv).astype(jnp.float32)
+    assert policy_loss == "rloo"  # RLOOTrainer: the sequence log-ratio of the summed token log-probs
+    a = jnp.sum(adv * m, -1) / jnp.sum(m, -1)
+    coef_1 = jnp.exp(jnp.sum(logp * m, -1) - jnp.sum(old_logp * m, -1))
+    coef_2 = jnp.clip(coef_1, 1 - eps, 1 + eps)
+    clipped = (coef_2 * a < coef_1 * a).astype(jnp.float32)[:, None] * m
+    return -jnp.minimum(coef_1 * a, coef_2 * a), clipped
+
+
 @functools.partial(jax.jit, static_argnums=(0, 4))
 def expected_losses(models, state, exp, idx, c):
-    """The update's losses recomputed from the loss functions on the minibatch and a full-logits reference."""
+    """The update's losses recomputed with TRL's formulas on the minibatch and a full-logits reference."""
     models, c = models.value, c.value
+    o = objectives.resolve(c)
     mb = jax.tree.map(lambda x: x[idx], exp)
     m = mb["response_mask"]
     logp, ent = reference_logprobs.__wrapped__(models[0], state.actor.params, mb, c.temperature)
-    terms = clipped_policy_loss(logp, mb["old_logp"], mb["advantages"], m, clip_eps=c.clip_eps)
-    n = terms.count
-    kl = jnp.sum(kl_estimate(logp, mb["ref_logp"], c.kl_estimator) * m) / n
+    pg, clipped = trl_policy_terms(logp, mb["old_logp"], mb["advantages"], m, o.policy_loss, c.clip_eps)
+    kl_tok = kl_estimate(logp, mb["ref_logp"], o.kl_estimator)
+    if o.policy_loss == "rloo":
+        policy = jnp.mean(pg)
+    else:
+        policy = trl_reduce(pg, m, o.loss_aggregation)
+    kl = trl_reduce(kl_tok, m, o.loss_aggregation)
+    n = jnp.sum(m)
     ent = jnp.sum(ent * m) / n
-    coef = c.kl_coef if c.kl_mode == "loss" else 0.0
-    out = {"ppo/policy_loss": terms.loss_sum / n, "ppo/clipfrac": terms.clipfrac_sum / n,
-           "ppo/approx_kl": terms.approx_kl_sum / n, "ppo/kl_loss": kl, "ppo/entropy": ent,
-           "ppo/actor_loss": terms.loss_sum / n + coef * kl - c.entropy_coef * ent}
+    coef = c.kl_coef if o.kl_mode == "loss" else 0.0
+    log_ratio = logp - mb["old_logp"]
+    out = {"ppo/policy_loss": policy, "ppo/clipfrac": jnp.sum(clipped * m) / n,
+           "ppo/approx_kl": jnp.sum((jnp.exp(log_ratio) - 1 - log_ratio) * m) / n, "ppo/kl_loss": kl,
+           "ppo/entropy": ent, "ppo/actor_loss": policy + coef * kl - c.entropy_coef * ent}
     if state.critic is not None:
         v = models[3].apply({"params": state.critic.params}, mb["input_ids"], attention_mask=mb["attention_mask"],
                             positions=mb["positions"]).values
@@ -201,9 +230,13 @@ def expected_losses(models, state, exp, idx, c):
 def check_updates(models, c, exp, with_critic):
     state, update = make_state(models, c, with_critic, lr=3e-2)  # a big step so later ratios clip
     idx = jnp.arange(0, len(PROMPTS) * G, 2, dtype=jnp.int32)
-    # First minibatch: the policy is the one that sampled, ratio = 1, so the clipped loss is -mean(A).
-    m = exp["response_mask"][idx]
-    first = float(-jnp.sum(exp["advantages"][idx] * m) / jnp.sum(m))
+    # First minibatch: the policy is the one that sampled, ratio = 1, so the clipped loss is -mean(A): over
+    # tokens (PPO), or over sequences of their constant advantage (GRPO, RLOO).
+    m, a = exp["response_mask"][idx], exp["advantages"][idx]
+    if objectives.resolve(c).loss_aggregation == "sequence":
+        first = float(-jnp.mean(jnp.sum(a * m, -1) / jnp.sum(m, -1)))
+    else:
+        first = float(-jnp.sum(a * m) / jnp.sum(m))
     static = Hashable(models), Hashable(c)
     for k in range(3):
         want = expected_losses(static[0], state, exp, idx, static[1])
@@ -224,20 +257,22 @@ def test_gae_updates_equal_the_loss_functions(models, gae_experience):
 
 
 def test_grpo_advantages_hand_computed_and_updates_equal_the_loss_functions(models, rolled):
-    """No critic, group-normalised advantages, k3 KL as a loss."""
-    c = cfg(advantage="grpo", kl_mode="loss", kl_estimator="k3", whiten_advantages=False)
+    """advantage=grpo alone: no critic, group-normalised advantages unwhitened, k3 KL in the loss,
+    per-sequence mean of the token losses (TRL loss_type="grpo")."""
+    c = cfg(advantage="grpo")
     _, _, scores, exp, _ = experience(models, c, with_critic=False, rolled=rolled)
     s = np.asarray(scores).reshape(-1, G)  # kl in the loss: the sequence reward is the score
-    expected = (s - s.mean(1, keepdims=True)) / (s.std(1, ddof=1, keepdims=True) + 1e-6)
+    expected = (s - s.mean(1, keepdims=True)) / (s.std(1, ddof=1, keepdims=True) + 1e-4)
     m = np.asarray(exp["response_mask"])
     np.testing.assert_allclose(np.asarray(exp["advantages"]), expected.reshape(-1, 1) * m, rtol=1e-5, atol=1e-6)
     assert float(jnp.abs(exp["old_values"]).max()) == 0.0
     check_updates(models, c, exp, with_critic=False)
 
 
-def test_rloo_advantages_hand_computed(models, rolled):
-    """RLOO with KL in the reward: the sequence reward minus the mean of the other samples of its prompt."""
-    c = cfg(advantage="rloo", kl_mode="reward", kl_coef=0.1, whiten_advantages=False)
+def test_rloo_advantages_hand_computed_and_updates_equal_trls_loss(models, rolled):
+    """advantage=rloo alone: k1 KL summed over the sequence in the reward, the sequence reward minus the
+    mean of the other samples of its prompt, unwhitened; TRL RLOOTrainer's sequence-ratio clipped loss."""
+    c = cfg(advantage="rloo", kl_coef=0.1)
     _, _, scores, exp, _ = experience(models, c, with_critic=False, rolled=rolled)
     m = np.asarray(exp["response_mask"])
     kl = np.asarray(kl_estimate(exp["old_logp"], exp["ref_logp"], "k1")) * m
@@ -245,14 +280,14 @@ def test_rloo_advantages_hand_computed(models, rolled):
     expected = seq - (seq.sum(1, keepdims=True) - seq) / (G - 1)  # G = 2: the other sample's reward
     np.testing.assert_allclose(np.asarray(exp["advantages"]), expected.reshape(-1, 1) * m, rtol=1e-4, atol=1e-5)
     assert np.abs(expected).max() > 0.05
+    check_updates(models, c, exp, with_critic=False)
 
 
-def test_kl_placement_and_config_errors():
-    assert ppo_step.kl_placement(ml_collections.ConfigDict(dict(kl_mode="reward", kl_coef=0.2))) == (0.2, 0.0)
-    assert ppo_step.kl_placement(ml_collections.ConfigDict(dict(kl_mode="loss", kl_coef=0.2))) == (0.0, 0.2)
-    assert ppo_step.kl_placement(ml_collections.ConfigDict(dict(kl_mode="none", kl_coef=0.2))) == (0.0, 0.0)
-    with pytest.raises(ValueError, match="unknown kl_mode"):
-        ppo_step.kl_placement(ml_collections.ConfigDict(dict(kl_mode="both", kl_coef=0.2)))
+def test_experience_refuses_a_critic_the_objective_does_not_match(models, rolled):
+    with pytest.raises(ValueError, match="ppo.advantage='grpo' trains no critic"):
+        experience(models, cfg(advantage="grpo"), with_critic=True, rolled=rolled)
+    with pytest.raises(ValueError, match="ppo.advantage='gae' reads a critic's values"):
+        experience(models, cfg(), with_critic=False, rolled=rolled)
 
 
 def test_accumulated_update_equals_the_full_minibatch_update(models, gae_experience):
@@ -268,3 +303,19 @@ def test_accumulated_update_equals_the_full_minibatch_update(models, gae_experie
         np.testing.assert_allclose(m2[key], m1[key], rtol=2e-5, atol=1e-6, err_msg=key)
     old = jax.device_get((models[1], models[4]))
     assert_same_update(old, (s2.actor.params, s2.critic.params), (s1.actor.params, s1.critic.params), rtol=1e-4)
+
+
+def test_accumulated_grpo_update_equals_the_full_minibatch_update(models, rolled):
+    """Per-sequence means and the sequence count survive microbatching: 2 microbatches == 1 (GRPO preset)."""
+    c = cfg(advantage="grpo")
+    exp = experience(models, c, with_critic=False, rolled=rolled)[3]
+    idx = jnp.arange(0, len(PROMPTS) * G, 2, dtype=jnp.int32)
+    out = []
+    for k in (1, 2):
+        state, update = make_state(models, c, False, lr=3e-2, microbatches=k)
+        out.append(jax.device_get(update(state, exp, idx)))
+    (s1, m1), (s2, m2) = out
+    assert float(m1["ppo/kl_loss"]) != 0.0  # the k3 term is in play
+    for key in m1:
+        np.testing.assert_allclose(m2[key], m1[key], rtol=2e-5, atol=1e-6, err_msg=key)
+    assert_same_update(jax.device_get(models[1]), s2.actor.params, s1.actor.params, rtol=1e-4)

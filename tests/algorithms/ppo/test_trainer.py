@@ -138,6 +138,17 @@ def test_trainer_config_errors(sharded, tok):
             trainer(config(advantage="rloo", samples_per_prompt=1, prompts_per_step=8), s, tok)
         with pytest.raises(ValueError, match=r"rollout batch .* = 6 rows must divide evenly"):
             trainer(config(prompts_per_step=3), s, tok)
+        with pytest.raises(ValueError, match=r"ppo.policy_loss='reinforce' is on-policy"):
+            trainer(config(advantage="rloo", policy_loss="reinforce"), s, tok)  # epochs=2 in config()
+
+
+def test_critic_free_presets_build_no_critic(sharded):
+    s = sharded
+    ctx = phase.RunContext(workdir="", mesh=s.mesh, rules=TRAIN_RULES, writer=None)
+    with s.ctx():
+        assert s.roles.critic is not None  # gae
+        for advantage in ("grpo", "rloo"):
+            assert rl_trainer.build_roles(config(advantage=advantage), ctx, s.module, (".*",)).critic is None
 
 
 @pytest.mark.slow  # the tiny preset end to end: SFT warm start, Pre-PPO, 100 PPO steps (6-13 min)
