@@ -194,6 +194,9 @@ def reward_model_block(**overrides) -> CD:
         center_weight=0.01,  # center_rewards_coefficient (released code; not in the paper)
         critique_weight=1.0,  # critic_rewards_weight (paper: L_Critique + L_Score, 1:1); scalar mode: unused
         head_dropout=0.0,  # RewardHead dropout (the release uses attention_dropout = 0 for Qwen2)
+        # Where the RewardHead starts: auto = model.init_from's head when it has one (MM-RLHF-Reward-7B's rm_head,
+        # or an exported reward_head.safetensors), else fresh; fresh; checkpoint (an error if init_from has none).
+        head_init="auto",
         max_critique_tokens=64,  # greedy critique length at inference (release: 4096)
     ), overrides)
 
