@@ -566,3 +566,26 @@ def override(c: CD, values: dict) -> CD:
             raise KeyError(f"config has no key {path!r}")
         node[leaf] = value
     return out
+
+
+def from_saved(saved: dict) -> CD:
+    """The config a run saved as <workdir>/config.json, on its algorithm's schema (export, inspection).
+
+    Keys the schema lacks are errors naming the key; keys the saved file lacks (a run older than a
+    new knob) keep the schema's default. JSON lists become tuples where the schema holds a tuple.
+    """
+    if "algorithm" not in saved:
+        raise ValueError("saved config has no 'algorithm' key; is this a run's config.json?")
+    out = schema(saved["algorithm"])
+
+    def fill(node: CD, values: dict, prefix: str) -> None:
+        for key, value in values.items():
+            if key not in node:
+                raise ValueError(f"saved config key {prefix}{key} is not in the {saved['algorithm']} schema")
+            if isinstance(node[key], CD):
+                fill(node[key], value, f"{prefix}{key}.")
+            else:
+                node[key] = tuple(value) if isinstance(node[key], tuple) and isinstance(value, list) else value
+
+    fill(out, saved, "")
+    return out

@@ -189,6 +189,9 @@ def reward_head_to_flax(tensors: dict[str, np.ndarray], where: str) -> dict:
 
 
 def reward_head_to_torch(params: dict) -> dict[str, np.ndarray]:
-    """The inverse of reward_head_to_flax (numpy arrays, names without the rm_head. prefix)."""
-    return {key: (np.asarray(params[m][leaf]).T if leaf == "kernel" else np.asarray(params[m][leaf]))
+    """The inverse of reward_head_to_flax (numpy arrays, names without the rm_head. prefix).
+
+    C-contiguous copies: safetensors writes an array's buffer as is, so a transposed view would be
+    written untransposed."""
+    return {key: np.ascontiguousarray(np.asarray(params[m][leaf]).T if leaf == "kernel" else params[m][leaf])
             for (m, leaf), key in REWARD_HEAD_KEYS.items()}
