@@ -175,8 +175,10 @@ def dpo_block(**overrides) -> CD:
     return _block(dict(
         loss_type="sigmoid",  # sigmoid | ipo | hinge | robust
         beta=0.1,  # beta_ori (paper §5.1 and code)
-        beta_mode="paper",  # paper (per-pair dynamic) | released (batch-level implicit) | constant
-        w=0.5,  # weight of the dynamic part (paper default 0.5; released script 0.1)
+        # paper (per-pair, from the RM margin delta) | ls_factor (per-pair, the release's field) | released
+        # (batch-level implicit) | constant; a mode whose per-pair field is missing is an error (mm_dpo/beta.py)
+        beta_mode="paper",
+        w=0.5,  # weight of the dynamic part (paper default 0.5; released script's ls_factor_weight 0.1)
         k=0.5,  # sensitivity to the reward margin delta (paper default 0.5)
         alpha=1.0,  # weight of the preference term (code: dpo_alpha)
         gamma=0.25,  # SFT anchor weight (code: --gamma 0.25; paper grid {0, .1, .25, .5, 1})

@@ -240,7 +240,7 @@ class PairRecord:
     chosen_reason: str | None = None
     rejected_reason: str | None = None
     is_tie: bool = False
-    ls_factor: float = 1.0
+    ls_factor: float | None = None  # absent: None (the release's loader reads 1.0; dpo.beta_mode=ls_factor refuses)
     reference_chosen_logp: float | None = None
     reference_rejected_logp: float | None = None
     delta: float | None = None
@@ -261,9 +261,7 @@ class PairRecord:
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         out["is_tie"] = self.is_tie
-        if self.ls_factor != 1.0:
-            out["ls_factor"] = self.ls_factor
-        for key in ("reference_chosen_logp", "reference_rejected_logp", "delta", "category"):
+        for key in ("ls_factor", "reference_chosen_logp", "reference_rejected_logp", "delta", "category"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
@@ -288,6 +286,7 @@ def parse_pair(obj: Any, where: Where = Where()) -> PairRecord:
         missing = "rejected_reason" if rejected_reason is None else "chosen_reason"
         raise DataError(where, missing, "critiques come in pairs: both chosen_reason and rejected_reason, or neither")
     delta = _field(obj, "delta", _NUMBER, where, required=False)
+    ls_factor = _field(obj, "ls_factor", _NUMBER, where, required=False)
     return PairRecord(
         id=str(_field(obj, "id", (str, int), where)),
         prompt=_field(obj, "prompt", str, where),
@@ -295,7 +294,7 @@ def parse_pair(obj: Any, where: Where = Where()) -> PairRecord:
         rejected=_field(obj, "rejected", str, where),
         image=image, video=video, chosen_reason=chosen_reason, rejected_reason=rejected_reason,
         is_tie=_field(obj, "is_tie", bool, where, required=False, default=False),
-        ls_factor=float(_field(obj, "ls_factor", _NUMBER, where, required=False, default=1.0)),
+        ls_factor=None if ls_factor is None else float(ls_factor),
         reference_chosen_logp=None if ref_c is None else float(ref_c),
         reference_rejected_logp=None if ref_r is None else float(ref_r),
         delta=None if delta is None else float(delta), category=category, where=where)
