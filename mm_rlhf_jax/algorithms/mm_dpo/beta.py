@@ -41,9 +41,8 @@ BETA_MODES.register("released")(
 # The record field each mode reads, and how a user gets it when the data lacks it.
 REQUIRED_FIELD = {"paper": "delta", "ls_factor": "ls_factor"}
 _HOW_TO_GET = {
-    "delta": "score the pairs with the critique reward model (python -m mm_rlhf_jax.main --config "
-             "configs/reward_model.py:<preset> --workdir RM_DIR --config.score.input=<this file> writes delta "
-             "next to every pair), or choose another beta mode (--config.dpo.beta_mode=constant | ls_factor | "
+    "delta": "score the pairs with the critique reward model (a configs/reward_model.py run with its "
+             "score.input option set to this file writes delta next to every pair), or choose another beta mode (--config.dpo.beta_mode=constant | ls_factor | "
              "released)",
     "ls_factor": "write a per-pair ls_factor (e.g. 1 - exp(-k * delta) for the paper's formula), or choose "
                  "another beta mode (--config.dpo.beta_mode=constant | paper | released)",

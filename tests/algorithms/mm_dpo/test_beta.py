@@ -12,7 +12,7 @@ def test_check_pairs_names_file_line_field_and_the_way_out():
     pairs = [parse_pair({"id": "q", "prompt": "p", "chosen": "a", "rejected": "b", **f}, Where("pairs.jsonl", i + 1))
              for i, f in enumerate([{"delta": 1.0, "ls_factor": 0.2}, {"delta": 0.5}, {}])]
     assert beta.check_pairs("paper", pairs[:2]) == 2
-    with pytest.raises(DataError, match=r"pairs\.jsonl:3: field 'delta': .*--config\.score\.input=.*"
+    with pytest.raises(DataError, match=r"pairs\.jsonl:3: field 'delta': .*score\.input option set to this file.*"
                                         r"--config\.dpo\.beta_mode=constant \| ls_factor \| released") as e:
         beta.check_pairs("paper", pairs)
     assert (e.value.file, e.value.line, e.value.field) == ("pairs.jsonl", 3, "delta")
