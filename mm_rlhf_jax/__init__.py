@@ -5,10 +5,12 @@ rollout, rewards, data, models, sharding} -> kernels; configs import only
 config_lib):
 
   config_lib.py  every config block, declared once; one schema per algorithm.
+  export.py      a run's checkpoint -> a transformers folder (a reward model's head beside it).
   algorithms/    the only algorithm-specific code: mm_dpo, reward_model, ppo, align_pro, longpo.
   train/         shared machinery: state, optimizers, the host loop, checkpoints, the phase runner,
                  the one model loader, the one supervised phase, pair data, reference cache.
-  models/        Flax linen modules: decoder LM, SigLIP, LLaVA-OneVision, heads, HF import/export.
+  models/        Flax linen modules: decoder LM, SigLIP, LLaVA-OneVision, heads, HF import/export
+                 (transformers and LLaVA-NeXT original checkpoints).
   kernels/       attention and token_logprobs (Pallas TPU/GPU, blocked XLA, pure-jnp reference).
   sharding/      named mesh, logical-axis rules tables, placement (the only host <-> device transfers).
   losses/        pure loss functions (DPO family, MM-DPO, LongPO, reward, PPO).

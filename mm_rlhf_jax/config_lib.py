@@ -176,8 +176,10 @@ def dpo_block(**overrides) -> CD:
     return _block(dict(
         loss_type="sigmoid",  # sigmoid | ipo | hinge | robust
         beta=0.1,  # beta_ori (paper §5.1 and code)
-        beta_mode="paper",  # paper (per-pair dynamic) | released (batch-level implicit) | constant
-        w=0.5,  # weight of the dynamic part (paper default 0.5; released script 0.1)
+        # paper (per-pair, from the RM margin delta) | ls_factor (per-pair, the release's field) | released
+        # (batch-level implicit) | constant; a mode whose per-pair field is missing is an error (mm_dpo/beta.py)
+        beta_mode="paper",
+        w=0.5,  # weight of the dynamic part (paper default 0.5; released script's ls_factor_weight 0.1)
         k=0.5,  # sensitivity to the reward margin delta (paper default 0.5)
         alpha=1.0,  # weight of the preference term (code: dpo_alpha)
         gamma=0.25,  # SFT anchor weight (code: --gamma 0.25; paper grid {0, .1, .25, .5, 1})
@@ -195,6 +197,9 @@ def reward_model_block(**overrides) -> CD:
         center_weight=0.01,  # center_rewards_coefficient (released code; not in the paper)
         critique_weight=1.0,  # critic_rewards_weight (paper: L_Critique + L_Score, 1:1); scalar mode: unused
         head_dropout=0.0,  # RewardHead dropout (the release uses attention_dropout = 0 for Qwen2)
+        # Where the RewardHead starts: auto = model.init_from's head when it has one (MM-RLHF-Reward-7B's rm_head,
+        # or an exported reward_head.safetensors), else fresh; fresh; checkpoint (an error if init_from has none).
+        head_init="auto",
         max_critique_tokens=64,  # greedy critique length at inference (release: 4096)
     ), overrides)
 
@@ -586,4 +591,27 @@ def override(c: CD, values: dict) -> CD:
         if leaf not in node:
             raise KeyError(f"config has no key {path!r}")
         node[leaf] = value
+    return out
+
+
+def from_saved(saved: dict) -> CD:
+    """The config a run saved as <workdir>/config.json, on its algorithm's schema (export, inspection).
+
+    Keys the schema lacks are errors naming the key; keys the saved file lacks (a run older than a
+    new knob) keep the schema's default. JSON lists become tuples where the schema holds a tuple.
+    """
+    if "algorithm" not in saved:
+        raise ValueError("saved config has no 'algorithm' key; is this a run's config.json?")
+    out = schema(saved["algorithm"])
+
+    def fill(node: CD, values: dict, prefix: str) -> None:
+        for key, value in values.items():
+            if key not in node:
+                raise ValueError(f"saved config key {prefix}{key} is not in the {saved['algorithm']} schema")
+            if isinstance(node[key], CD):
+                fill(node[key], value, f"{prefix}{key}.")
+            else:
+                node[key] = tuple(value) if isinstance(node[key], tuple) and isinstance(value, list) else value
+
+    fill(out, saved, "")
     return out

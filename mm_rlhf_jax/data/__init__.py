@@ -2,6 +2,7 @@
 
 records.py / validation.py   query and pair schemas; file:line:field errors (errors.py)
 pairs.py                     all pairs from a ranking, ties kept apart
+split.py                     train / held-out pair files by whole queries (python -m mm_rlhf_jax.data.split)
 images.py / video.py         LLaVA-OneVision anyres images; frame-folder videos
 tokenizer.py / tokenize.py   local tokenizer + chat template; ids and loss masks (preference, critique RM)
 batch.py                     the batch contract the train steps consume ([B, 2, T] pairs and packed rows),

@@ -7,6 +7,7 @@ chosen and rejected are never the two halves of the batch axis.
     attention_mask       int32[B, 2, T]     1 = real token, 0 = padding (all padding at the end)
     loss_mask            f32[B, 2, T]       1 = response token t, predicted from position t-1's hidden state
     delta                f32[B]             reward margin r(chosen) - r(rejected); NaN if unknown
+    ls_factor            f32[B]             the release's per-pair beta scaling field; NaN if absent
     ref_logps            f32[B, 2]          cached reference log-probs (sum over response tokens); NaN if absent
     is_tie               bool[B]            tie pair (reward-model tie loss only; DPO batches hold none)
     query_id             int32[B]           index of the pair's query id (ACC+ groups pairs by query)
@@ -43,7 +44,7 @@ the keys, at exactly the positions, it has in its unpacked sequence.
     seq_last             int32[R, K, 2]     index of the last token of the chosen / rejected sequence
     pair_valid           bool[R, K]         slot k holds a pair (the losses' counts come from it)
     pair_index           int32[R, K]        the pair's index in its stream (a pass: the source index); -1 empty
-    delta                f32[R, K]          as above, per slot (0 on empty slots)
+    delta, ls_factor     f32[R, K]          as above, per slot (0 on empty slots)
     ref_logps            f32[R, K, 2]
     is_tie, query_id, category, has_critique (reward kinds)    [R, K]
   with images / videos (each pair has at most one; the row's media tiles laid end to end):
@@ -82,6 +83,7 @@ class PreferenceBatch(TypedDict, total=False):
     attention_mask: np.ndarray
     loss_mask: np.ndarray
     delta: np.ndarray
+    ls_factor: np.ndarray
     ref_logps: np.ndarray
     is_tie: np.ndarray
     query_id: np.ndarray
@@ -103,6 +105,7 @@ SPEC = {
     "attention_mask": (np.int32, ("B", 2, "T")),
     "loss_mask": (np.float32, ("B", 2, "T")),
     "delta": (np.float32, ("B",)),
+    "ls_factor": (np.float32, ("B",)),
     "ref_logps": (np.float32, ("B", 2)),
     "is_tie": (np.bool_, ("B",)),
     "query_id": (np.int32, ("B",)),
@@ -114,7 +117,7 @@ SPEC = {
     "has_video": (np.bool_, ("B",)),
     "has_critique": (np.bool_, ("B",)),
 }
-REQUIRED = ("input_ids", "attention_mask", "loss_mask", "delta", "ref_logps", "is_tie", "query_id", "category")
+REQUIRED = ("input_ids", "attention_mask", "loss_mask", "delta", "ls_factor", "ref_logps", "is_tie", "query_id", "category")
 GROUPS = {"image": ("pixel_values", "image_sizes", "has_image"), "video": ("pixel_values_videos", "has_video")}
 
 
@@ -188,6 +191,7 @@ PACKED_SPEC = {
     "pair_valid": (np.bool_, ("R", "K")),
     "pair_index": (np.int32, ("R", "K")),
     "delta": (np.float32, ("R", "K")),
+    "ls_factor": (np.float32, ("R", "K")),
     "ref_logps": (np.float32, ("R", "K", 2)),
     "is_tie": (np.bool_, ("R", "K")),
     "query_id": (np.int32, ("R", "K")),
@@ -201,7 +205,8 @@ PACKED_SPEC = {
     "has_video": (np.bool_, ("R", "K")),
 }
 PACKED_REQUIRED = ("input_ids", "positions", "segment_ids", "branch_ids", "pred_pos", "chosen_mask", "rejected_mask",
-                   "seq_last", "pair_valid", "pair_index", "delta", "ref_logps", "is_tie", "query_id", "category")
+                   "seq_last", "pair_valid", "pair_index", "delta", "ls_factor", "ref_logps", "is_tie", "query_id",
+                   "category")
 PACKED_MEDIA = ("pixel_values", "pixel_affine", "image_sizes", "media_offset", "media_tiles", "media_ordinal")
 
 

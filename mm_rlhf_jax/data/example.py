@@ -163,6 +163,7 @@ class ExampleEncoder:
         out.update(tokens)
         out.update(
             delta=np.float32(rec.delta) if rec.delta is not None else nan,
+            ls_factor=np.float32(rec.ls_factor) if rec.ls_factor is not None else nan,
             ref_logps=np.asarray([nan if v is None else v for v in ref], np.float32),
             is_tie=np.bool_(rec.is_tie),
             query_id=np.int32(element["query_id"]),

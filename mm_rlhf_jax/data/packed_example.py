@@ -17,7 +17,7 @@ its score there).
     tiles            uint8[n, 3, S, S]  the image's anyres tiles (base first) or the video's frames; n = 0 without
     image_size       int32[2]   original (H, W); (0, 0) without an image
     is_video         bool
-    delta, ref_logps f32[], f32[2];  is_tie, has_critique bool;  query_id, category int32
+    delta, ls_factor f32[] (NaN if unknown);  ref_logps f32[2];  is_tie, has_critique bool;  query_id, category int32
 
 Pixels stay uint8 (a quarter of the f32 bytes); data/packing.py attaches the
 per-channel affine map the device applies.
@@ -118,6 +118,7 @@ class PackedPairEncoder(ExampleEncoder):
             "image_size": np.asarray(size, np.int32),
             "is_video": np.bool_(is_video),
             "delta": np.float32(rec.delta) if rec.delta is not None else nan,
+            "ls_factor": np.float32(rec.ls_factor) if rec.ls_factor is not None else nan,
             "ref_logps": np.asarray([nan if v is None else v for v in ref], np.float32),
             "is_tie": np.bool_(rec.is_tie),
             "has_critique": np.bool_(tok.get("has_critique", False)),

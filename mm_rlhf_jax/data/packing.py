@@ -111,7 +111,7 @@ def collate(rows, layout: PackingLayout, indices=None) -> dict[str, np.ndarray]:
            "branch_ids": i32(R, T), "pred_pos": i32(R, T), "chosen_mask": np.zeros((R, T), np.float32),
            "rejected_mask": np.zeros((R, T), np.float32), "seq_last": i32(R, K, 2),
            "pair_valid": np.zeros((R, K), bool), "pair_index": np.full((R, K), -1, np.int32),
-           "delta": np.zeros((R, K), np.float32), "ref_logps": np.zeros((R, K, 2), np.float32),
+           "delta": np.zeros((R, K), np.float32), "ls_factor": np.zeros((R, K), np.float32), "ref_logps": np.zeros((R, K, 2), np.float32),
            "is_tie": np.zeros((R, K), bool), "query_id": i32(R, K), "category": np.full((R, K), -1, np.int32)}
     if layout.kind in PACKED_REWARD_KINDS:
         out["has_critique"] = np.zeros((R, K), bool)
@@ -147,6 +147,7 @@ def collate(rows, layout: PackingLayout, indices=None) -> dict[str, np.ndarray]:
             out["pair_valid"][r, k] = True
             out["pair_index"][r, k] = -1 if indices is None else indices[r][k]
             out["delta"][r, k] = pair["delta"]
+            out["ls_factor"][r, k] = pair["ls_factor"]
             out["ref_logps"][r, k] = pair["ref_logps"]
             out["is_tie"][r, k] = pair["is_tie"]
             out["query_id"][r, k] = pair["query_id"]

@@ -1,14 +1,19 @@
 """MM-RLHF record schemas: annotated queries (`data.jsonl`) and ranked pairs (`dpo_pairs.jsonl`).
 
 Pair records (`dpo_pairs.jsonl`) follow the format the MM-RLHF code consumes
-(papers.md §1(c)), field for field::
+(papers.md §1(c); the field names are the ones the released `train_dpo.py` `_get_item` reads)::
 
-    {"id": str,                      # query id; pairs of one query share it (ACC+ groups by it)
+    {"id": str | int,                # query id; pairs of one query share it (ACC+ groups by it). UNVERIFIED:
+                                     # the released loader never reads it; absent, the query is the pair's
+                                     # (prompt, image / video) and the id is derived from them ("derived:...")
      "prompt": str, "chosen": str, "rejected": str,
-     "image": "short/x.jpg"  |  "video": "video/<frame_dir>"  |  neither (text-only),
+     "image": "short/x.jpg" | ["short/x.jpg"]  |  "video": "video/<frame_dir>"  |  neither (text-only),
+                                     # a list, as the released loader accepts (`type(image_file) is list`),
+                                     # must hold one path: the model takes one image per pair
      "chosen_reason": str, "rejected_reason": str,   # critiques, reward-model training only
      "is_tie": bool,                 # optional, default false: RM tie loss, never a DPO pair
-     "ls_factor": float,             # optional, default 1.0
+     "ls_factor": float,             # optional; absent is None (the released loader reads 1.0; UNVERIFIED
+                                     # whether the released file has it); only dpo.beta_mode=ls_factor reads it
      "reference_chosen_logp": float, "reference_rejected_logp": float,   # optional, both or neither
      "delta": float,                 # optional extension: reward margin r(chosen) - r(rejected)
      "category": str}                # optional extension; else inferred from the media path
@@ -35,6 +40,8 @@ Parsing checks types and the ranking; `validation.py` adds file reading and medi
 """
 
 import dataclasses
+import hashlib
+import json
 from typing import Any
 
 from mm_rlhf_jax.data.errors import DataError, Where
@@ -85,8 +92,19 @@ def _field(obj: dict, key: str, types, where: Where, *, prefix: str = "", requir
     return value
 
 
+def _image(obj: dict, where: Where) -> str | None:
+    """`image` as a path, or a one-path list (the released loader's list form; the model takes one image)."""
+    value = obj.get("image")
+    if isinstance(value, list):
+        if len(value) != 1 or not isinstance(value[0], str):
+            raise DataError(where, "image", f"a list of {len(value)} entries {value!r:.80}: one image per record is "
+                                            "supported (a one-path list is read as that path)")
+        return value[0]
+    return _field(obj, "image", str, where, required=False)
+
+
 def _media(obj: dict, where: Where) -> tuple[str | None, str | None]:
-    image = _field(obj, "image", str, where, required=False)
+    image = _image(obj, where)
     video = _field(obj, "video", str, where, required=False)
     if image is not None and video is not None:
         raise DataError(where, "image", "a record has an image or a video, not both")
@@ -240,7 +258,7 @@ class PairRecord:
     chosen_reason: str | None = None
     rejected_reason: str | None = None
     is_tie: bool = False
-    ls_factor: float = 1.0
+    ls_factor: float | None = None  # absent: None (the release's loader reads 1.0; dpo.beta_mode=ls_factor refuses)
     reference_chosen_logp: float | None = None
     reference_rejected_logp: float | None = None
     delta: float | None = None
@@ -261,12 +279,21 @@ class PairRecord:
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         out["is_tie"] = self.is_tie
-        if self.ls_factor != 1.0:
-            out["ls_factor"] = self.ls_factor
-        for key in ("reference_chosen_logp", "reference_rejected_logp", "delta", "category"):
+        for key in ("ls_factor", "reference_chosen_logp", "reference_rejected_logp", "delta", "category"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
+
+
+DERIVED_ID_PREFIX = "derived:"
+
+
+def _pair_query_id(obj: dict, where: Where, prompt: str, image: str | None, video: str | None) -> str:
+    """The pair's query id: its `id`, or (absent) one derived from what makes pairs "of one query"."""
+    if obj.get("id") is not None:
+        return str(_field(obj, "id", (str, int), where))
+    key = json.dumps([prompt, image, video], ensure_ascii=False)
+    return DERIVED_ID_PREFIX + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def parse_pair(obj: Any, where: Where = Where()) -> PairRecord:
@@ -288,14 +315,16 @@ def parse_pair(obj: Any, where: Where = Where()) -> PairRecord:
         missing = "rejected_reason" if rejected_reason is None else "chosen_reason"
         raise DataError(where, missing, "critiques come in pairs: both chosen_reason and rejected_reason, or neither")
     delta = _field(obj, "delta", _NUMBER, where, required=False)
+    ls_factor = _field(obj, "ls_factor", _NUMBER, where, required=False)
+    prompt = _field(obj, "prompt", str, where)
     return PairRecord(
-        id=str(_field(obj, "id", (str, int), where)),
-        prompt=_field(obj, "prompt", str, where),
+        id=_pair_query_id(obj, where, prompt, image, video),
+        prompt=prompt,
         chosen=_field(obj, "chosen", str, where),
         rejected=_field(obj, "rejected", str, where),
         image=image, video=video, chosen_reason=chosen_reason, rejected_reason=rejected_reason,
         is_tie=_field(obj, "is_tie", bool, where, required=False, default=False),
-        ls_factor=float(_field(obj, "ls_factor", _NUMBER, where, required=False, default=1.0)),
+        ls_factor=None if ls_factor is None else float(ls_factor),
         reference_chosen_logp=None if ref_c is None else float(ref_c),
         reference_rejected_logp=None if ref_r is None else float(ref_r),
         delta=None if delta is None else float(delta), category=category, where=where)

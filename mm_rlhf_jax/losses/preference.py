@@ -118,7 +118,8 @@ def dynamic_beta(delta, *, beta, w, k):
     delta is the reward-model margin r(chosen) - r(rejected), f32[B]. The paper
     bounds beta(delta) to [beta, (1 + w) beta], which holds only for delta >= 0;
     a negative margin (the RM disagrees with the human label) is clamped to 0,
-    i.e. such pairs get the base beta. Unknown margins (NaN) also get the base beta.
+    i.e. such pairs get the base beta. Unknown margins (NaN) also get the base beta here; MM-DPO runs
+    refuse training pairs without delta (algorithms/mm_dpo/beta.py), so this never replaces a margin there.
     """
     delta = jnp.asarray(delta, jnp.float32)
     delta = jnp.where(jnp.isnan(delta), 0.0, jnp.maximum(delta, 0.0))

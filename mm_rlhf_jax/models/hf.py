@@ -1,5 +1,9 @@
 """Load and save transformers checkpoints (Qwen2 / Llama / Mistral CausalLM, LLaVA-OneVision).
 
+Also loads LLaVA-NeXT original-format (lmms-lab) LLaVA-OneVision checkpoints, recognised by their
+config.json (models/llava_next.py), and the MM-RLHF reward head where a checkpoint has one
+(`load_reward_head`). Saving always writes the transformers (llava-hf) layout.
+
     model, params = load_pretrained("/ckpt/llava-onevision-qwen2-7b-ov-hf", jnp.bfloat16, mesh=mesh)
     out = model.apply({"params": params}, input_ids, attention_mask, pixel_values, image_sizes)
     save_pretrained(model, params, "/out/folder")
@@ -31,7 +35,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from mm_rlhf_jax import storage
-from mm_rlhf_jax.models import hf_config, hf_safetensors, hf_weights
+from mm_rlhf_jax.models import hf_config, hf_safetensors, hf_weights, llava_next
 from mm_rlhf_jax.models.config import DecoderConfig
 from mm_rlhf_jax.models.decoder import Decoder
 from mm_rlhf_jax.models.vlm import LlavaOnevision, LlavaOnevisionConfig
@@ -130,11 +134,18 @@ def _specs(model: nn.Module, abstract) -> list[hf_weights.WeightSpec]:
     return hf_weights.weight_specs(shapes, _key_prefixes(config), _text_config(config).scan_layers, conv)
 
 
-def _normalized_keys(reader: hf_safetensors.CheckpointReader, config) -> dict[str, str]:
-    """Our (canonical) key name -> the checkpoint's key name."""
+def _normalized_keys(reader: hf_safetensors.CheckpointReader, config, original: bool = False) -> dict[str, str]:
+    """Our (canonical) key name -> the checkpoint's key name.
+
+    original: a LLaVA-NeXT checkpoint (llava_next.canonical_key renames; its reward head is left out,
+    for load_reward_head)."""
     out = {}
     for key in reader.keys():
         new = key
+        if original:
+            new = llava_next.canonical_key(key)
+            if new is None:
+                continue
         if isinstance(config, LlavaOnevisionConfig):
             for pattern, repl in _LLAVA_CANONICAL:
                 new = re.sub(pattern, repl, new)
@@ -169,7 +180,14 @@ def _validate(specs, reader, keymap: dict[str, str], config) -> None:
 def _config_from_file(path: str, dtype, param_dtype, overrides: dict):
     hf = json.loads(storage.read_text(path))
     numerics = {"dtype": dtype, "param_dtype": param_dtype or dtype}
+    if llava_next.is_original(hf):  # the format is read off config.json, never assumed
+        hf = llava_next.config_to_llava_hf(hf, storage.dirname(path))
     return hf_config.architecture_of(hf).from_hf(hf, {**numerics, **overrides})
+
+
+def is_original_format(path: str) -> bool:
+    """Is the checkpoint folder `path` in the LLaVA-NeXT original (lmms-lab) layout? (reads config.json)"""
+    return llava_next.is_original(json.loads(storage.read_text(storage.join(path, "config.json"))))
 
 
 def load_config(path: str, dtype=jnp.float32, *, param_dtype=None, **config_overrides):
@@ -198,7 +216,9 @@ def load_pretrained(path: str, dtype=jnp.float32, *, param_dtype=None, mesh: Mes
 
     Args:
       path: folder with config.json and model.safetensors (or sharded *.safetensors
-        with model.safetensors.index.json).
+        with model.safetensors.index.json): a transformers checkpoint, or a LLaVA-NeXT
+        original-format one (models/llava_next.py; its reward head, if any, is left for
+        `load_reward_head`).
       dtype: compute dtype of the model.
       param_dtype: storage dtype of the parameters (default: `dtype`).
       mesh / rules: place every parameter with `logical_shardings(abstract, mesh, rules)`
@@ -214,7 +234,7 @@ def load_pretrained(path: str, dtype=jnp.float32, *, param_dtype=None, mesh: Mes
     abstract = abstract_params(model)
     specs = _specs(model, abstract)
     reader = hf_safetensors.CheckpointReader(path)
-    keymap = _normalized_keys(reader, config)
+    keymap = _normalized_keys(reader, config, is_original_format(path))
     _validate(specs, reader, keymap, config)
 
     get = lambda key: reader.get(keymap[key])  # noqa: E731
@@ -234,6 +254,39 @@ def load_pretrained(path: str, dtype=jnp.float32, *, param_dtype=None, mesh: Mes
         jax.tree_util.tree_structure(nn.meta.unbox(abstract)), [arrays[p] for p in leaves]
     )
     return model, params
+
+
+# The reward head of an exported reward model sits next to the trunk's transformers checkpoint
+# (export.py), in the MM-RLHF release's tensor names, so either side can read it.
+REWARD_HEAD_FILE = "reward_head.safetensors"
+REWARD_HEAD_INFO = "reward_head.json"
+
+
+def load_reward_head(path: str) -> dict | None:
+    """The MM-RLHF reward head of a checkpoint folder as RewardHead params (numpy), or None if it has none.
+
+    Read from `rm_head.*` in a LLaVA-NeXT checkpoint (MM-RLHF-Reward-7B) or from reward_head.safetensors
+    beside a transformers checkpoint (what export.py writes). Shapes: dense kernel [E, E], bias [E];
+    out_proj kernel [E, L], bias [L].
+    """
+    path = storage.local_copy(path)
+    prefix = llava_next.REWARD_HEAD_PREFIX
+    if is_original_format(path):
+        reader = hf_safetensors.CheckpointReader(path)
+        keys = [k for k in reader.keys() if k.startswith(prefix)]
+        where = path
+    else:
+        head_file = os.path.join(path, REWARD_HEAD_FILE)
+        if not os.path.exists(head_file):
+            return None
+        reader = hf_safetensors.CheckpointReader(path, files=[REWARD_HEAD_FILE])
+        keys, where = reader.keys(), head_file
+    if not keys:
+        return None
+    stray = [k for k in keys if not k.startswith(prefix)]
+    if stray:
+        raise CheckpointError(f"{where}: reward head tensors must be named {prefix}*; found {stray}")
+    return llava_next.reward_head_to_flax({k[len(prefix):]: np.array(reader.get(k)) for k in keys}, where)
 
 
 def _parse_size(size) -> int:

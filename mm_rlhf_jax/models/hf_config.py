@@ -64,7 +64,8 @@ def architecture_of(hf: dict) -> Architecture:
             return ARCHITECTURES.get(n)
     raise ValueError(
         f"unknown architecture {names or hf.get('model_type')!r} (model_type={hf.get('model_type')!r}); "
-        f"supported: {ARCHITECTURES.names()}"
+        f"supported: {ARCHITECTURES.names()}, or a LLaVA-NeXT original-format LLaVA-OneVision folder "
+        "(config.json with mm_vision_tower; models/llava_next.py)"
     )
 
 

@@ -39,16 +39,20 @@ def _read_header(path: str) -> tuple[dict, int]:
 class CheckpointReader:
     """All tensors of a checkpoint folder (single file or sharded with an index), lazily."""
 
-    def __init__(self, folder: str):
+    def __init__(self, folder: str, files: list[str] | None = None):
+        """files: the file names to read (default: the index's files, else the folder's model*.safetensors;
+        other safetensors files, such as an exported reward head, are not part of the model)."""
         self.folder = folder
         index = os.path.join(folder, INDEX_NAME)
-        if os.path.exists(index):
+        if files is not None:
+            files = list(files)
+        elif os.path.exists(index):
             with open(index) as f:
                 files = sorted(set(json.load(f)["weight_map"].values()))
         else:
-            files = sorted(n for n in os.listdir(folder) if n.endswith(".safetensors"))
+            files = sorted(n for n in os.listdir(folder) if n.endswith(".safetensors") and n.startswith("model"))
         if not files:
-            raise FileNotFoundError(f"no *.safetensors files in {folder}")
+            raise FileNotFoundError(f"no model*.safetensors files in {folder}")
         self._entries: dict[str, tuple[str, dict, int]] = {}
         self._maps: dict[str, np.memmap] = {}
         for name in files:

@@ -28,7 +28,7 @@ def pair_batch(d, model_config, mesh, *, batch_size: int, kind: str = "preferenc
     """A global pair batch [B, 2, T] (+ media) for data block d; kind "reward" adds has_critique."""
     b, t = batch_size, d.max_length
     shapes = {"input_ids": ((b, 2, t), np.int32), "attention_mask": ((b, 2, t), np.int32),
-              "loss_mask": ((b, 2, t), np.float32), "delta": ((b,), np.float32), "is_tie": ((b,), np.bool_),
+              "loss_mask": ((b, 2, t), np.float32), "delta": ((b,), np.float32), "ls_factor": ((b,), np.float32), "is_tie": ((b,), np.bool_),
               "query_id": ((b,), np.int32), "category": ((b,), np.int32)}
     if with_ref:
         shapes["ref_logps"] = ((b, 2), np.float32)
@@ -51,7 +51,7 @@ def packed_batch(d, model_config, mesh, *, rows: int, kind: str = "preference") 
     of every packed batch, zeros until the reference cache fills it)."""
     r, t, k = rows, d.pack_length or 2 * d.max_length, d.pairs_per_row
     keys = ["input_ids", "positions", "segment_ids", "branch_ids", "pred_pos", "chosen_mask", "rejected_mask",
-            "seq_last", "pair_valid", "pair_index", "delta", "ref_logps", "is_tie", "query_id", "category"]
+            "seq_last", "pair_valid", "pair_index", "delta", "ls_factor", "ref_logps", "is_tie", "query_id", "category"]
     keys += ["has_critique"] if kind in PACKED_REWARD_KINDS else []
     sizes = {"R": r, "T": t, "K": k}
     if isinstance(model_config, LlavaOnevisionConfig):

@@ -16,6 +16,7 @@ from mm_rlhf_jax.data.example import EncoderConfig, ExampleEncoder
 from mm_rlhf_jax.data.images import ImageProcessorConfig, tiny_pinpoints
 from mm_rlhf_jax.data.synthetic import build_once, mmrlhf, tiny_tokenizer
 from mm_rlhf_jax.data.tokenizer import resolve_tokenizer
+from mm_rlhf_jax.models import hf
 from mm_rlhf_jax.models.vlm import LlavaOnevisionConfig
 from mm_rlhf_jax.sharding import placement
 
@@ -50,6 +51,12 @@ def prepare_files(d: ml_collections.ConfigDict, init_from: str, workdir: str) ->
 def image_config(model_config, init_from: str) -> ImageProcessorConfig | None:
     if not isinstance(model_config, LlavaOnevisionConfig):
         return None
+    if init_from and hf.is_original_format(init_from):
+        # A LLaVA-NeXT folder has no preprocessor_config.json: its SigLIP tower's processor is the one
+        # in LLaVA-NeXT's siglip_encoder.py (mean = std = 0.5, bicubic, tiles of the tower's image size).
+        t = model_config.vision.image_size
+        return ImageProcessorConfig(tile_size=t, pinpoints=model_config.image_grid_pinpoints, image_mean=(0.5,) * 3,
+                                    image_std=(0.5,) * 3)
     if init_from:
         return ImageProcessorConfig.from_pretrained(init_from)
     t = model_config.vision.image_size

@@ -13,7 +13,7 @@ def good(b=2, t=6, p=3, f=4, hw=8, kind="preference"):
     loss[..., 2:4] = 1
     out = {
         "input_ids": np.ones((b, 2, t), np.int32), "attention_mask": att, "loss_mask": loss,
-        "delta": np.full(b, np.nan, np.float32), "ref_logps": np.zeros((b, 2), np.float32),
+        "delta": np.full(b, np.nan, np.float32), "ls_factor": np.full(b, np.nan, np.float32), "ref_logps": np.zeros((b, 2), np.float32),
         "is_tie": np.zeros(b, bool), "query_id": np.arange(b, dtype=np.int32), "category": np.zeros(b, np.int32),
         "pixel_values": np.zeros((b, p, 3, hw, hw), np.float32), "image_sizes": np.zeros((b, 2), np.int32),
         "has_image": np.ones(b, bool),

@@ -22,7 +22,7 @@ def pair(prefix, chosen, rejected, *, tiles=0, tile_size=1, seed=0):
     return {"ids": rng.integers(10, 99, n).astype(np.int32), "chosen_mask": cm, "rejected_mask": rm,
             "media_ordinal": np.zeros(n, np.int32), "lengths": np.asarray([prefix, chosen, rejected], np.int32),
             "tiles": np.zeros((tiles, 3, tile_size, tile_size), np.uint8), "image_size": np.zeros(2, np.int32),
-            "is_video": np.bool_(False), "delta": np.float32(1.0), "ref_logps": np.float32([-3.0, -4.0]),
+            "is_video": np.bool_(False), "delta": np.float32(1.0), "ls_factor": np.float32(0.5), "ref_logps": np.float32([-3.0, -4.0]),
             "is_tie": np.bool_(False), "has_critique": np.bool_(False), "query_id": np.int32(seed),
             "category": np.int32(0)}
 

@@ -91,6 +91,7 @@ def test_batches_match_direct_encoding(tiny_tok_dir, pairs_path, kind):
         assert batch["category"][i] == CATEGORIES.index(rec.category)
         assert batch["query_id"][i] == el["query_id"] and batch["is_tie"][i] == rec.is_tie
         np.testing.assert_allclose(batch["delta"][i], rec.delta, rtol=1e-6)
+        assert rec.ls_factor is None and np.isnan(batch["ls_factor"][i])  # absent stays absent (no 1.0)
         assert np.isnan(batch["ref_logps"][i]).all()
     if kind == "reward":
         assert batch["has_critique"].all()

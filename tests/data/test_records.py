@@ -102,6 +102,9 @@ def test_query_errors_name_file_line_field(tmp_path, image_dir, mutate, field, m
     (lambda p: p.update(image="bad.png"), "image", "unreadable image"),
     (lambda p: p.update(image="missing.png"), "image", "unreadable image"),
     (lambda p: (p.pop("image"), p.update(video="no_such_dir")), "video", "does not exist"),
+    (lambda p: p.update(image=["img.png", "img.png"]), "image", "a list of 2 entries.*one image per record"),
+    (lambda p: p.update(image=[]), "image", "a list of 0 entries"),
+    (lambda p: p.update(image=[3]), "image", "a list of 1 entries"),
 ])
 def test_pair_errors_name_file_line_field(image_dir, mutate, field, match):
     bad = good_pair()
@@ -123,3 +126,15 @@ def test_media_checks_can_be_skipped_and_write_round_trip(image_dir):
     out = str(image_dir / "copy.jsonl")
     write_jsonl(out, [rec])
     assert load_pairs(out, check_media=False) == [rec]
+
+
+def test_release_variants_list_image_and_missing_id(image_dir):
+    """The released loader accepts `image` as a list; `id` is unverified in the release (papers.md §1(c))."""
+    listed = good_pair(image=["img.png"])
+    no_id = {k: v for k, v in good_pair().items() if k != "id"}
+    other = {**no_id, "prompt": "What shape?"}
+    path = write_lines(image_dir / "dpo_pairs.jsonl", [good_pair(), listed, no_id, no_id, other])
+    plain, from_list, a, b, c = load_pairs(path)
+    assert from_list.image == plain.image == "img.png" and from_list.to_json() == plain.to_json()
+    # Without ids, pairs of the same prompt and image are pairs of one query; another prompt is another query.
+    assert a.id == b.id != c.id and a.id.startswith("derived:")

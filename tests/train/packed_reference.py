@@ -49,7 +49,8 @@ def packed_text_batch(unpacked, layout):
         p = compact_tokens(unpacked["input_ids"][i], unpacked["attention_mask"][i], unpacked["loss_mask"][i])
         flag = lambda k: np.bool_(unpacked[k][i]) if k in unpacked else np.bool_(False)  # noqa: E731
         p.update(tiles=np.zeros((0, 3, 1, 1), np.uint8), image_size=np.zeros(2, np.int32), is_video=np.bool_(False),
-                 delta=unpacked["delta"][i], ref_logps=unpacked["ref_logps"][i], is_tie=flag("is_tie"),
+                 delta=unpacked["delta"][i], ls_factor=unpacked["ls_factor"][i] if "ls_factor" in unpacked else np.float32(np.nan),
+                 ref_logps=unpacked["ref_logps"][i], is_tie=flag("is_tie"),
                  has_critique=flag("has_critique"), query_id=np.int32(0), category=np.int32(0))
         pairs.append(p)
     return pack(pairs, layout)

@@ -4,7 +4,8 @@
 
 Order of work (every stage is skipped when its output already exists, so
 re-running the same command resumes):
-  1. data: the pair files (synthetic ones are generated into the workdir);
+  1. data: the pair files (synthetic ones are generated into the workdir), checked for the field
+     the beta mode reads (beta.py);
   2. optional supervised warm start on the best-ranked responses (tiny
      presets: the stand-in for the paper's SFT'd LLaVA-OV; train/sft.py);
   3. reference log-probs of every train and held-out pair with the initial
@@ -22,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from mm_rlhf_jax import storage
-from mm_rlhf_jax.algorithms.mm_dpo import spec, step as step_lib
+from mm_rlhf_jax.algorithms.mm_dpo import beta as beta_lib, spec, step as step_lib
 from mm_rlhf_jax.data.example import ExampleEncoder
 from mm_rlhf_jax.data.prompts import encode_prompt
 from mm_rlhf_jax.data.sources import JsonlPairSource
@@ -106,6 +107,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
         encoder_cfg = pair_data.encoder_config(d, files.tokenizer, module.config, config.model.init_from,
                                                "preference")
         train_src = JsonlPairSource(files.train_pairs, include_ties=False, media_root=files.media_root)
+        beta_lib.check_pairs(config.dpo.beta_mode, train_src.records)  # before any compute: no silent fallback
         heldout_src = JsonlPairSource(files.heldout_pairs, include_ties=False, media_root=files.media_root)
         identity = {**identity, **sft.pair_identity(config.warm_start, config.model.trainable, files.train_pairs)}
         ws_encoder = pair_data.encoder_config(d, files.tokenizer, module.config, config.model.init_from,
@@ -136,6 +138,6 @@ def run(config: ml_collections.ConfigDict, workdir: str):
             writer=ctx.writer)
         drop = lambda m: {k: v for k, v in m.items() if k != "greedy_examples"}
         out = {**drop(result.final), **{f"initial_{k}": v for k, v in drop(result.initial).items()},
-               "steps": t.steps}
+               "steps": t.steps, **beta_lib.describe(config.dpo)}
         phase.report("mm_dpo", out, ctx.writer)
     return out

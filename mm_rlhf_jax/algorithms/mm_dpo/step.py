@@ -2,31 +2,18 @@
 
 loss = alpha * mean_pairs(dpo_loss(beta_i)) + gamma * NLL(chosen response tokens)
 
-beta_i comes from a registered beta mode:
-  constant  one beta for every pair (plain DPO)
-  paper     MM-DPO dynamic reward scaling: beta * (1 + w (1 - exp(-k delta_i))),
-            delta_i the reward model's margin for the pair (papers.md §1(a))
-  released  the batch-level beta the MM-RLHF code executes (implicit_beta=True)
+beta_i comes from a registered beta mode (beta.py): constant, paper (the reward model's margin delta),
+ls_factor (the release's per-pair field) or released (the release's batch-level beta).
 """
-
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mm_rlhf_jax.algorithms.mm_dpo.beta import BETA_MODES
 from mm_rlhf_jax.data.batch import is_packed
 from mm_rlhf_jax.losses import preference
-from mm_rlhf_jax.registry import Registry
 from mm_rlhf_jax.train import forward, packed_forward, state as state_lib
-
-# name -> f(delta f32[B], logits f32[B], rng, *, beta, w, k) -> beta scalar or f32[B]
-BETA_MODES: Registry[Callable] = Registry("beta mode")
-BETA_MODES.register("constant")(lambda delta, logits, rng, *, beta, w, k: jnp.float32(beta))
-BETA_MODES.register("paper")(
-    lambda delta, logits, rng, *, beta, w, k: preference.dynamic_beta(delta, beta=beta, w=w, k=k))
-BETA_MODES.register("released")(
-    lambda delta, logits, rng, *, beta, w, k: preference.released_beta(logits, beta=beta, w=w, key=rng))
 
 
 def counts(batch) -> dict:
@@ -39,15 +26,17 @@ def counts(batch) -> dict:
 
 
 def pair_arrays(module, params, batch):
-    """(policy logps f32[B, 2], response token counts f32[B, 2], ref logps f32[B, 2], delta f32[B] | None,
-    valid bool[B] | None) with B = pairs, or pair slots R * K of a packed batch (valid marks the filled ones)."""
+    """(policy logps f32[B, 2], response token counts f32[B, 2], ref logps f32[B, 2], per-pair fields
+    {"delta", "ls_factor": f32[B] | None}, valid bool[B] | None) with B = pairs, or pair slots R * K of a
+    packed batch (valid marks the filled ones)."""
+    fields = ("delta", "ls_factor")
     if not is_packed(batch):
         logps, tokens = forward.pair_logps(module, params, batch)
-        return logps, tokens, batch["ref_logps"].astype(jnp.float32), batch.get("delta"), None
+        return (logps, tokens, batch["ref_logps"].astype(jnp.float32), {k: batch.get(k) for k in fields}, None)
     logps, tokens = packed_forward.pair_logps(module, params, batch)
-    flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731  [R, K, ...] -> [R * K, ...]
-    return (flat(logps), flat(tokens), flat(batch["ref_logps"].astype(jnp.float32)), flat(batch["delta"]),
-            flat(batch["pair_valid"]))
+    flat = lambda x: None if x is None else x.reshape((-1,) + x.shape[2:])  # noqa: E731  [R, K, ...] -> [R * K, ...]
+    return (flat(logps), flat(tokens), flat(batch["ref_logps"].astype(jnp.float32)),
+            {k: flat(batch.get(k)) for k in fields}, flat(batch["pair_valid"]))
 
 
 def dpo_terms(module, params, batch, rng, c: ml_collections.ConfigDict, n: dict):
@@ -59,13 +48,13 @@ def dpo_terms(module, params, batch, rng, c: ml_collections.ConfigDict, n: dict)
     released beta mode is computed per microbatch, as the release computes it
     per device batch.
     """
-    logps, tokens, ref, delta, valid = pair_arrays(module, params, batch)
+    logps, tokens, ref, pair_fields, valid = pair_arrays(module, params, batch)
     if valid is not None and c.beta_mode == "released":
         raise ValueError("dpo.beta_mode='released' samples a fixed share of a batch's pairs, which a packed batch "
                          "(a varying pair count) cannot reproduce; use data.packing=False")
     pc, pr, rc, rr = logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1]
     logits = jax.lax.stop_gradient((pc - rc) - (pr - rr))
-    beta = BETA_MODES.get(c.beta_mode)(delta, logits, rng, beta=c.beta, w=c.w, k=c.k)
+    beta = BETA_MODES.get(c.beta_mode)(pair_fields, logits, rng, beta=c.beta, w=c.w, k=c.k)
     lengths = {}
     if c.loss_type in preference.LENGTH_NORMALISED:
         lengths = dict(chosen_lengths=tokens[:, 0], rejected_lengths=tokens[:, 1])

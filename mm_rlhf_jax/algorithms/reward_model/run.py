@@ -25,11 +25,26 @@ from mm_rlhf_jax.evals.preference import accuracy_by, pair_groups
 from mm_rlhf_jax.evals.rewardbench import rewardbench_metrics
 from mm_rlhf_jax.models import hf
 from mm_rlhf_jax.models.heads import ModelWithHeads
-from mm_rlhf_jax.sharding import SAMPLING_RULES
+from mm_rlhf_jax.sharding import SAMPLING_RULES, placement
 from mm_rlhf_jax.train import model_factory, packed_data, pair_data, phase, sft
 
+HEAD_INITS = ("auto", "fresh", "checkpoint")
+
+
+def head_source(config) -> str:
+    """"checkpoint" or "fresh": where the RewardHead starts under reward.head_init (see config_lib)."""
+    mode, path = config.reward.head_init, config.model.init_from
+    if mode not in HEAD_INITS:
+        raise ValueError(f"reward.head_init={mode!r}; use one of {HEAD_INITS}")
+    has = bool(path) and mode != "fresh" and hf.load_reward_head(path) is not None
+    if mode == "checkpoint" and not has:
+        raise ValueError(f"reward.head_init='checkpoint' but model.init_from={path!r} has no reward head (rm_head.* "
+                         f"weights or {hf.REWARD_HEAD_FILE}); use head_init='fresh' to train a new one")
+    return "checkpoint" if has else "fresh"
+
+
 def initial_params(config, module: ModelWithHeads, mesh, rules, *, warm_start_fn=None):
-    """Trunk from model.init_from (or seeded random init) plus a freshly initialised reward head.
+    """Trunk from model.init_from (or seeded random init) plus the reward head (head_source: loaded or fresh).
 
     warm_start_fn(trunk_params) -> trunk_params, when given, fine-tunes the trunk
     before the head ever trains (the paper's RM starts from an SFT'd VLM).
@@ -37,6 +52,16 @@ def initial_params(config, module: ModelWithHeads, mesh, rules, *, warm_start_fn
     params = hf.init_params(module, jax.random.PRNGKey(config.seed), mesh, rules)
     if config.model.init_from:
         params["trunk"] = model_factory.initial_params(config.model, module.trunk, mesh, rules, config.seed)
+    if head_source(config) == "checkpoint":
+        loaded = hf.load_reward_head(config.model.init_from)
+        fresh = params["reward_head"]
+        shapes = jax.tree.map(lambda x: x.shape, fresh), jax.tree.map(lambda x: x.shape, loaded)
+        if shapes[0] != shapes[1]:
+            raise ValueError(f"{config.model.init_from}: reward head shapes {shapes[1]} do not match the model's "
+                             f"{shapes[0]}")
+        params["reward_head"] = jax.tree.map(
+            lambda f, x: placement.put_from_callback(f.shape, f.sharding, lambda index, x=x: x[index].astype(f.dtype)),
+            fresh, loaded)
     if warm_start_fn is not None:
         params["trunk"] = warm_start_fn(params["trunk"])
     return params
@@ -102,7 +127,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
         scored = score_file(inference, result.state.params, config.score, critique=critique) \
             if config.score.input else None
         out = {k: v for k, v in result.final.items() if k != "critique_examples"}
-        out.update(steps=t.steps, mode=config.reward.mode)
+        out.update(steps=t.steps, mode=config.reward.mode, reward_head_init=head_source(config))
         if scored:
             out["scored_file"] = scored
         phase.report("reward_model", out, ctx.writer)

@@ -54,6 +54,8 @@ def test_run_writes_eval_reference_cache_and_checkpoints(uninterrupted):
                                                                 "logps.npz"))
     losses = read_metrics(workdir)
     assert sorted(losses) == list(range(6)) and all(np.isfinite(v) for v in losses.values())
+    # Which beta ran is part of the result (the synthetic pairs carry delta, so the paper's).
+    assert saved["beta_mode"] == "paper" and saved["beta_path"].startswith("paper: beta * (1 + w * (1 - exp(")
 
 
 def test_sigterm_then_rerun_equals_uninterrupted(uninterrupted, tmp_path, monkeypatch):
@@ -105,6 +107,31 @@ def test_malformed_record_names_file_line_field_and_keeps_checkpoints(uninterrup
     with pytest.raises(DataError, match=r"dpo_pairs\.jsonl:3.*rejected"):
         mm_dpo.run(c, full_dir)  # an existing workdir: its checkpoints must survive the failure
     assert sorted(os.listdir(os.path.join(full_dir, "checkpoints"))) == before
+
+
+@pytest.mark.parametrize("mode, field", [("paper", "delta"), ("ls_factor", "ls_factor")])
+def test_beta_mode_without_its_field_stops_before_any_compute(uninterrupted, tmp_path, mode, field):
+    """The released pairs carry no delta: beta_mode=paper must not quietly become constant-beta DPO."""
+    full_dir, _ = uninterrupted
+    src = os.path.join(full_dir, "data", "train", "dpo_pairs.jsonl")
+    rows = [json.loads(line) for line in open(src)]
+    for i, row in enumerate(rows):
+        row.pop("delta", None)
+        if i < 4:  # the first pairs have the field (of this mode), the fifth line is the first without
+            row[field] = 0.5
+    bad_file = tmp_path / "dpo_pairs.jsonl"
+    bad_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    c = micro_config()
+    c.dpo.beta_mode = mode
+    c.data.synthetic, c.data.train = False, str(bad_file)
+    c.data.heldout = os.path.join(full_dir, "data", "heldout", "dpo_pairs.jsonl")
+    c.data.media_root = os.path.join(full_dir, "data", "train")
+    c.data.tokenizer = os.path.join(full_dir, "tokenizer")
+    how = "score the pairs with the critique reward model" if mode == "paper" else "write a per-pair ls_factor"
+    with pytest.raises(DataError, match=rf"dpo_pairs\.jsonl:5: field '{field}': dpo.beta_mode='{mode}' needs "
+                                        rf".*first pair without it; {how}.*or choose another beta mode"):
+        mm_dpo.run(c, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run" / "reference_cache")  # stopped before the reference pass
 
 
 @pytest.mark.slow

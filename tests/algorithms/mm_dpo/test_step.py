@@ -46,6 +46,17 @@ def test_step_loss_equals_hand_computed_mm_dpo():
     np.testing.assert_allclose(metrics["dpo/beta"], beta.mean(), rtol=1e-6)
     np.testing.assert_allclose(metrics["rewards/margin"], np.mean(beta * ((pc - rc) - (pr - rr))), rtol=1e-4)
 
+    # The release's per-pair path: max(beta * (1 + w * ls_factor), 1e-3); the last pair hits the clamp.
+    ls = np.asarray([0.39, 2.0, -30.0], np.float32)
+    c = dpo_cfg(beta_mode="ls_factor", w=0.1)
+    _, m_ls = jax.jit(lambda p, b: dpo_step.dpo_terms(module, p, b, jax.random.PRNGKey(0), c, dpo_step.counts(b)))(
+        params, {**batch, "ls_factor": ls})
+    beta_ls = np.maximum(0.1 * (1 + 0.1 * ls.astype(np.float64)), 1e-3)
+    assert beta_ls[2] == 1e-3
+    np.testing.assert_allclose(m_ls["dpo/loss"], np.mean(np.logaddexp(0.0, -beta_ls * ((pc - rc) - (pr - rr)))),
+                               rtol=1e-5)
+    np.testing.assert_allclose(m_ls["dpo/beta"], beta_ls.mean(), rtol=1e-6)
+
     c = dpo_cfg(beta_mode="constant")
     _, m_c = jax.jit(lambda p, b: dpo_step.dpo_terms(module, p, b, jax.random.PRNGKey(0), c, dpo_step.counts(b)))(params, batch)
     np.testing.assert_allclose(m_c["dpo/loss"], np.mean(np.logaddexp(0.0, -0.1 * ((pc - rc) - (pr - rr)))),
