@@ -45,7 +45,13 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.data.num_frames = 10
         c.data.batch_size = 384  # per-device 1 x grad-accum 12 x 32 GPUs in the released script
         c.data.eval_batch_size = 64
-        c.mesh = config_lib.mesh_block(fsdp=-1)
+        # Sized for v5p-8 (4 chips; python -m mm_rlhf_jax.aot ... --topology v5p:2x2x1: 68.5 GiB of 95.7 per
+        # chip, bench/SCALE.md): each pair's 2 x 32,768 tokens context-parallel over a 4-chip sequence axis,
+        # one pair per fsdp shard per microbatch, so microbatches = 384 / fsdp (v5p-32: fsdp 4, set 96).
+        # With fsdp over all 4 chips instead (one pair per chip) the step needs 110 GiB per chip.
+        c.mesh = config_lib.mesh_block(fsdp=-1, sequence=4)
+        c.model.attention_impl = "context_parallel"
+        c.train.microbatches = 384
         c.optim.lr = 1e-6
         c.optim.weight_decay = 0.0
         c.train.steps = 312  # one epoch of ~120k pairs at batch 384

@@ -128,16 +128,16 @@ def export(workdir: str, out: str, *, step: int | None = None) -> dict:
     return {"algorithm": config.algorithm, "step": int(step), "out": out, "files": sorted(storage.listdir(out))}
 
 
-flags.DEFINE_string("workdir", None, "the run's folder (config.json + checkpoints/)")
-flags.DEFINE_string("out", None, "the transformers folder to write (replaced if it exists)")
-flags.DEFINE_integer("step", None, "checkpoint step to export (default: the latest)")
-
-
 def main(argv):
     del argv
     print(json.dumps(export(flags.FLAGS.workdir, flags.FLAGS.out, step=flags.FLAGS.step)), flush=True)
 
 
 if __name__ == "__main__":
+    # Flags are defined only when run as a command: importing this module (tests, notebooks) next to
+    # main.py, which defines --workdir too, must not clash.
+    flags.DEFINE_string("workdir", None, "the run's folder (config.json + checkpoints/)")
+    flags.DEFINE_string("out", None, "the transformers folder to write (replaced if it exists)")
+    flags.DEFINE_integer("step", None, "checkpoint step to export (default: the latest)")
     flags.mark_flags_as_required(["workdir", "out"])
     app.run(main)
