@@ -8,6 +8,10 @@ policy loss and loss aggregation: algorithms/ppo/objectives.py):
     ... --config configs/ppo.py:tiny --config.ppo.advantage=grpo      # or rloo
 With the "general" domain judged by a tiny GenRM trained on synthetic verdicts:
     python -m mm_rlhf_jax.main --config configs/ppo.py:tiny_hybrid --workdir runs/ppo_hybrid
+The full router: half the general prompts come without ground truth ("open": GenRM against a best-of-N
+reference of the SFT policy, picked by a tiny learned RM, cached in the workdir); Pre-PPO ranks by the
+learned RM; prompts no other source applies to fall through to the learned RM:
+    python -m mm_rlhf_jax.main --config configs/ppo.py:tiny_router --workdir runs/ppo_router
 
 Paper scale (local paths; the paper publishes none of its PPO hyperparameters, papers.md §2(b):
 the values below are common open-source PPO settings, not the paper's):
@@ -25,7 +29,7 @@ from mm_rlhf_jax.data.synthetic.tiny_tokenizer import TINY_VOCAB_SIZE
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c = config_lib.schema("ppo")
-    if arg in ("tiny", "tiny_hybrid"):
+    if arg in ("tiny", "tiny_hybrid", "tiny_router"):
         c.model.tiny.vocab_size = TINY_VOCAB_SIZE
         # Short SFT on imperfect demonstrations: half of them make a systematic mistake (the first listed
         # non-answer number; a code constant off by one), so the SFT policy is right on ~60% of held-out
@@ -46,7 +50,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.ppo.kl_coef = 0.05
         c.ppo.eval_batch_size = 64
         c.pre_ppo.num_samples = 2
-        if arg == "tiny_hybrid":
+        if arg in ("tiny_hybrid", "tiny_router"):
             c.data.synthetic_mix = (0.4, 0.3, 0.3)
             c.genrm.enabled = True
             c.genrm.template = "tiny"
@@ -57,6 +61,16 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
             # the reference yet); 900 steps: 1.0 on right answers, 0.07 on wrong sounds (all 10 x 10 pairs).
             c.genrm.warm_start = config_lib.sft_block(steps=900, batch_size=32, lr=3e-3, max_length=64,
                                                       num_examples=2048)
+        if arg == "tiny_router":
+            c.data.synthetic_open = 0.5
+            # A scalar RM on (right, wrong) answers to the demonstration prompts, the policy's architecture.
+            c.reward.learned_rm.enabled = True
+            c.reward.learned_rm.batch_size = 32
+            c.reward.learned_rm.warm_start = config_lib.sft_block(steps=300, batch_size=32, lr=1e-3, max_length=128,
+                                                                  num_examples=1024)
+            c.genrm.best_of_n.enabled = True
+            c.genrm.best_of_n.num_candidates = 4
+            c.pre_ppo.scorer = "learned_rm"
     elif arg == "qwen2_7b":
         c.model.init_from = "/ckpt/qwen2.5-7b-sft"  # the SFT policy (also the reference and the critic's start)
         c.model.architecture = "Qwen2.5-7B-Instruct"  # for aot.py without the checkpoint
@@ -77,5 +91,5 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
                                          max_prompt_length=4096, batch_size=64)
         c.pre_ppo.num_samples = 4
     else:
-        raise ValueError(f"unknown preset {arg!r}; use tiny, tiny_hybrid or qwen2_7b")
+        raise ValueError(f"unknown preset {arg!r}; use tiny, tiny_hybrid, tiny_router or qwen2_7b")
     return c

@@ -230,6 +230,10 @@ def prompt_data_block(**overrides) -> CD:
         synthetic_train=256,  # original pool
         synthetic_new=256,  # new pool (Pre-PPO); 0 = none
         synthetic_heldout=128,
+        # Share of the "general" prompts written without their ground truth, as domain "open" (an
+        # open-ended prompt: no verifier, no GenRM reference; a GenRM best-of-N reference or the learned RM
+        # scores it). 0 = none.
+        synthetic_open=0.0,
         seed=0,  # prompt-iterator seed
     ), overrides)
 
@@ -293,13 +297,46 @@ def critic_block(**overrides) -> CD:
     return _block(dict(train_trunk=True), overrides)  # False: only the value head trains
 
 
+def learned_rm_block(**overrides) -> CD:
+    """The learned reward model as a reward source (algorithms/reward_model/scorer.py): the router's last resort."""
+    return _block(dict(
+        enabled=False,
+        # A reward_model workdir (its config.json + checkpoints/: critique or scalar RM, any trunk including an
+        # HF/llava init_from); "" + enabled: a tiny scalar RM trained in <workdir>/learned_rm on synthetic
+        # right-vs-wrong answers (tiny presets).
+        init_from="",
+        batch_size=16,  # response pairs per RM forward / critique generation call (global)
+        max_critique_tokens=0,  # critique RMs: greedy critique length (0 = the RM run's reward.max_critique_tokens)
+        # Tiny RM only: its training (max_length: tokens per critic-prompt sequence; label_noise: share of
+        # pairs with chosen / rejected swapped).
+        warm_start=sft_block(steps=0, batch_size=32, lr=1e-3, max_length=128),
+    ), overrides)
+
+
 def router_block(**overrides) -> CD:
     """The hybrid reward router (rewards/router.py); the config key is `reward`."""
     return _block(dict(
-        order="verifier,genrm_ground_truth,genrm_reference",  # source order: the paper's hacking-resistance ranking
+        # Source order (rewards/router.REWARD_SOURCES), the paper's hacking-resistance ranking; a prompt none
+        # of them applies to falls through to learned_rm when it is enabled (appended when not listed).
+        order="verifier,genrm_ground_truth,genrm_reference,genrm_best_of_n",
         verifiers={"math": "math", "code": "code"},  # domain -> rewards.verifiers.VERIFIERS name
         transforms={},  # source -> (scale, shift); identity keeps RTV and GenRM on [0, 1]
         num_workers=2,  # verifier threads (sandbox runs are child processes)
+        learned_rm=learned_rm_block(),
+    ), overrides)
+
+
+def best_of_n_block(**overrides) -> CD:
+    """GenRM references for prompts with neither ground_truth nor reference (rewards/references.py)."""
+    return _block(dict(
+        enabled=False,
+        num_candidates=4,  # N samples per prompt; the learned RM picks the best (paper: the SFT best-of-N by BT)
+        generator="policy",  # "policy": the initial (SFT) policy; else a local checkpoint folder of a reference model
+        tokenizer="",  # a generator checkpoint's tokenizer ("" = its folder)
+        temperature=1.0,  # candidate sampling temperature
+        max_new_tokens=0,  # 0 = ppo.max_new_tokens
+        domains=(),  # domains whose reference-less prompts get a reference (empty = all); others fall through
+        seed=0,  # candidate sampling seed (part of the cache key)
     ), overrides)
 
 
@@ -314,6 +351,7 @@ def genrm_block(**overrides) -> CD:
         batch_size=16,
         failure_value=0.0,  # reward of an unparsable verdict (logged as reward/invalid_fraction)
         warm_start=sft_block(),  # tiny judge only
+        best_of_n=best_of_n_block(),
     ), overrides)
 
 
@@ -323,6 +361,13 @@ def pre_ppo_block(**overrides) -> CD:
         num_samples=4,  # policy samples scored per new prompt
         fraction=0.1,  # share of the new pool kept (paper Fig. 8: 10% beats 20% and 50%)
         normalization="zscore",  # rewards.prompt_selection.NORMALIZERS: zscore | rank | none (per domain)
+        # What scores the samples (algorithms/ppo/rewards.PRE_PPO_SCORERS): router (PPO's own reward: 0/1
+        # where a verifier applies) | learned_rm (the learned RM on every prompt; the paper's "RM scores") |
+        # genrm (GenRM against ground truth, reference or best-of-N reference).
+        scorer="router",
+        # rewards.prompt_selection.SELECTIONS: per_domain (the lowest `fraction` of each domain, the paper's
+        # reading) | global (the lowest `fraction` of all per-domain-normalised scores).
+        selection="per_domain",
     ), overrides)
 
 
@@ -611,7 +656,8 @@ def from_saved(saved: dict) -> CD:
             if isinstance(node[key], CD):
                 fill(node[key], value, f"{prefix}{key}.")
             else:
-                node[key] = tuple(value) if isinstance(node[key], tuple) and isinstance(value, list) else value
+                with node.ignore_type():  # placeholders and dict-valued knobs keep their saved value
+                    node[key] = tuple(value) if isinstance(node[key], tuple) and isinstance(value, list) else value
 
     fill(out, saved, "")
     return out

@@ -1,21 +1,30 @@
 """Pre-PPO prompt selection (ByteDance RLHF, papers.md §2(a)): keep the hardest new prompts.
 
-    s(x)     = mean reward of `num_samples` samples of the initial policy on x
+    s(x)     = mean score of `num_samples` samples of the initial policy on x (the scorer's)
     s~(x)    = s(x) normalised within x's domain (NORMALIZERS)
-    P_new    = the lowest `fraction` of the newly collected pool by s~
+    P_new    = the lowest `fraction` of each domain of the newly collected pool by s~ (SELECTIONS)
     P_train  = P_original ∪ P_new
 
 "Prompts with lower RM scores are more challenging and less prone to reward
-hacking" (paper §3, translated). What the paper leaves open (§2(g).3) is a
+hacking" (paper §3, translated); the scores are "normalized within each
+domain" (papers.md §2(a), [S]). What the paper leaves open (§2(g).3) is a
 config knob here, with these defaults:
-  * the score: the hybrid router's reward (RTV where a verifier exists, else the
-    GenRM), i.e. the same reward PPO will optimise;
+  * the scorer (`pre_ppo.scorer`): the hybrid router's reward (RTV where a
+    verifier exists: 0/1 scores, so among prompts no sample solves the pick is
+    a seeded draw), the learned RM (a continuous RM score on every prompt, the
+    paper's wording), or the GenRM against its reference;
   * samples per prompt: 4 (a single sample makes verifier scores 0/1 coin flips);
   * normalisation: per-domain z-score ("zscore"); "rank" (per-domain percentile)
     and "none" are registered alternatives;
-  * selection: the bottom `fraction` of the *new* pool (default 0.1: Fig. 8 finds
-    10% better than 20% and 50%); equal normalised scores are ordered by a seeded
-    shuffle, so ties do not favour the start of the file.
+  * selection: "per_domain" keeps round(fraction * n_d) prompts of each domain d
+    (at least one where fraction > 0), so every domain contributes its share
+    whatever the ties or the skew of its scores; "global" keeps the lowest
+    fraction of the whole new pool by normalised score (domains then contribute
+    unevenly). Default fraction 0.1: Fig. 8 finds 10% better than 20% and 50%.
+    Equal scores are ordered by a seeded shuffle, so ties do not favour the
+    start of the file.
+Per-domain statistics (counts, selected, score mean / std, thresholds, which
+reward source scored the domain) go to `selection_stats.json`.
 """
 
 import dataclasses
@@ -79,12 +88,55 @@ def select_lowest(normalized: Sequence[float], fraction: float, seed: int = 0) -
     return np.sort(order[:k])
 
 
+# name -> fn(normalized f64[N], domains str[N], fraction, seed) -> sorted selected indices int[K]
+SELECTIONS: Registry[Callable[..., np.ndarray]] = Registry("Pre-PPO selection")
+SELECTIONS.register("global")(lambda normalized, domains, fraction, seed: select_lowest(normalized, fraction, seed))
+
+
+@SELECTIONS.register("per_domain")
+def select_lowest_per_domain(normalized: Sequence[float], domains: Sequence[str], fraction: float,
+                             seed: int = 0) -> np.ndarray:
+    """select_lowest within each domain (its own quota round(fraction * n_d)); sorted indices into the pool."""
+    normalized, domains = np.asarray(normalized, np.float64), np.asarray(domains)
+    out = []
+    for k, d in enumerate(sorted(set(domains.tolist()))):
+        idx = np.flatnonzero(domains == d)
+        out.append(idx[select_lowest(normalized[idx], fraction, seed + k)])  # per-domain tiebreak stream
+    return np.sort(np.concatenate(out)) if out else np.zeros(0, np.int64)
+
+
+def domain_stats(scores: np.ndarray, normalized: np.ndarray, domains: Sequence[str], selected: np.ndarray,
+                 routes: Sequence[str] | None = None) -> dict[str, dict]:
+    """Per domain: count, selected, score mean / std (raw), the thresholds (the highest raw and normalised
+    score kept; None when nothing was kept) and, with routes, samples per reward source."""
+    domains = np.asarray(domains)
+    keep = np.zeros(len(scores), bool)
+    keep[np.asarray(selected, int)] = True
+    out = {}
+    for d in sorted(set(domains.tolist())):
+        sel = domains == d
+        kept = sel & keep
+        row = {"count": int(sel.sum()), "selected": int(kept.sum()),
+               "score_mean": float(scores[sel].mean()), "score_std": float(scores[sel].std()),
+               "score_threshold": float(scores[kept].max()) if kept.any() else None,
+               "normalized_threshold": float(normalized[kept].max()) if kept.any() else None,
+               "score_mean_selected": float(scores[kept].mean()) if kept.any() else None}
+        if routes is not None:
+            per: dict[str, int] = {}
+            for r in np.asarray(routes, object)[sel]:
+                per[r] = per.get(r, 0) + 1
+            row["sources"] = dict(sorted(per.items()))
+        out[d] = row
+    return out
+
+
 def score_prompts(records: Sequence[PromptRecord], generate: Callable, reward_fn: Callable,
-                  num_samples: int) -> np.ndarray:
-    """f32[N]: mean reward of num_samples policy samples per prompt.
+                  num_samples: int, *, with_routes: bool = False):
+    """f32[N]: mean reward of num_samples policy samples per prompt (with_routes: also the source that
+    scored each prompt, list[str] of N, "-" when reward_fn returns bare rewards).
 
     generate(records, num_samples) -> N lists of num_samples response texts;
-    reward_fn(records, responses) -> rewards f32[M] (or an object with .rewards).
+    reward_fn(records, responses) -> rewards f32[M] (or a RewardBatch: .rewards, .routes).
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -96,7 +148,12 @@ def score_prompts(records: Sequence[PromptRecord], generate: Callable, reward_fn
     flat_y = [y for s in samples for y in s]
     out = reward_fn(flat_r, flat_y)
     rewards = np.asarray(getattr(out, "rewards", out), np.float32)
-    return rewards.reshape(len(records), num_samples).mean(-1)
+    scores = rewards.reshape(len(records), num_samples).mean(-1)
+    if not with_routes:
+        return scores
+    # A route depends on the record only, so a prompt's samples share it: the first one's stands for all.
+    routes = getattr(out, "routes", None)
+    return scores, ["-"] * len(records) if routes is None else list(routes[::num_samples])
 
 
 @dataclasses.dataclass
@@ -105,6 +162,7 @@ class Selection:
     scores: np.ndarray  # f32[N_new] raw mean rewards of the new pool
     normalized: np.ndarray  # f64[N_new]
     selected: np.ndarray  # int[K] indices into the new pool
+    domains: dict = dataclasses.field(default_factory=dict)  # domain_stats of the new pool
 
     def summary(self) -> dict:
         sel = np.zeros(len(self.scores), bool)
@@ -117,29 +175,39 @@ class Selection:
 
 def pre_ppo_select(original: Sequence[PromptRecord], new_pool: Sequence[PromptRecord], *, generate: Callable,
                    reward_fn: Callable, num_samples: int = 4, fraction: float = 0.1,
-                   normalization: str = "zscore", seed: int = 0, output_dir: str | None = None) -> Selection:
-    """Scores the new pool, keeps its lowest fraction per-domain-normalised, and (optionally) writes
+                   normalization: str = "zscore", selection: str = "per_domain", seed: int = 0,
+                   output_dir: str | None = None, scorer: str = "") -> Selection:
+    """Scores the new pool, keeps its lowest fraction per domain (SELECTIONS), and (optionally) writes
 
-      output_dir/selected.jsonl  the training pool: original records, then the selected new
-                                 records with meta.pre_ppo = {score, normalized} (a prompt pool file)
-      output_dir/scores.jsonl    every new-pool prompt: id, domain, score, normalized, selected
+      output_dir/selected.jsonl         the training pool: original records, then the selected new
+                                        records with meta.pre_ppo = {score, normalized} (a prompt pool file)
+      output_dir/scores.jsonl           every new-pool prompt: id, domain, source, score, normalized, selected
+      output_dir/selection_stats.json   per domain: count, selected, score mean / std, thresholds, sources
       output_dir/summary.json
+
+    `scorer` only labels the files (the name of what reward_fn is).
     """
-    scores = score_prompts(new_pool, generate, reward_fn, num_samples)
-    normalized = normalize_per_domain(scores, [r.domain for r in new_pool], normalization)
-    selected = select_lowest(normalized, fraction, seed)
+    select = SELECTIONS.get(selection)
+    domains = [r.domain for r in new_pool]
+    scores, routes = score_prompts(new_pool, generate, reward_fn, num_samples, with_routes=True)
+    normalized = normalize_per_domain(scores, domains, normalization)
+    selected = select(normalized, domains, fraction, seed)
     picked = [dataclasses.replace(new_pool[i], meta={**new_pool[i].meta, "pre_ppo": {
         "score": float(scores[i]), "normalized": float(normalized[i])}}) for i in selected]
-    result = Selection(train_pool=list(original) + picked, scores=scores, normalized=normalized, selected=selected)
+    result = Selection(train_pool=list(original) + picked, scores=scores, normalized=normalized, selected=selected,
+                       domains=domain_stats(scores, normalized, domains, selected, routes))
     if output_dir and distributed.is_primary():  # every process selects the same prompts; one writes
         chosen = set(selected.tolist())
         storage.write_atomic(storage.join(output_dir, "scores.jsonl"), "".join(
-            json.dumps({"id": r.id, "domain": r.domain, "score": float(scores[i]),
+            json.dumps({"id": r.id, "domain": r.domain, "source": routes[i], "score": float(scores[i]),
                         "normalized": float(normalized[i]), "selected": i in chosen}) + "\n"
             for i, r in enumerate(new_pool)))
+        settings = {"scorer": scorer, "fraction": fraction, "num_samples": num_samples,
+                    "normalization": normalization, "selection": selection}
+        storage.write_atomic(storage.join(output_dir, "selection_stats.json"), json.dumps(
+            {**settings, "domains": result.domains}, indent=1))
         storage.write_atomic(storage.join(output_dir, "summary.json"), json.dumps(
-            {**result.summary(), "fraction": fraction, "num_samples": num_samples,
-             "normalization": normalization}, indent=1))
+            {**result.summary(), **settings}, indent=1))
         # written last: its presence marks a finished selection
         write_prompt_pool(storage.join(output_dir, "selected.jsonl"), result.train_pool)
     return result

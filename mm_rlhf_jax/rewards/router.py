@@ -7,17 +7,26 @@ applies to the record:
                       the record holds the field that verifier checks against
                       (VERIFIER_FIELDS: math -> ground_truth, code -> unit_tests)   {0, 1}
   genrm_ground_truth  the record has a ground_truth: GenRM(x, y, ground truth)     [0, 1]
-  genrm_reference     the record has a best-of-N reference: GenRM(x, y, reference) [0, 1]
+  genrm_reference     the record has a reference answer: GenRM(x, y, reference)    [0, 1]
+  genrm_best_of_n     the record has neither: GenRM(x, y, best-of-N reference), the
+                      reference generated once per prompt and cached
+                      (rewards/references.py; the paper's "SFT best-of-N by BT")  [0, 1]
+  learned_rm          any record: the learned reward model r(x, y) (critique or
+                      scalar RM; algorithms/reward_model/scorer.py)               R
 
-The default order is the paper's ranking of resistance to reward hacking
-(RTV, then GenRM with ground truth, then GenRM with a best-of-N reference).
-A record no source applies to is an error naming it. How the paper mixes
-sources in one batch is not published (papers.md §2(g).4); here every source
-is mapped as `scale * r + shift` (config, default identity), which keeps RTV
-and GenRM on the same [0, 1] scale.
+The default order is the paper's ranking of resistance to reward hacking (RTV,
+then GenRM with ground truth, then GenRM with a best-of-N reference), with the
+learned RM as the last resort: when one is configured and not in `order`, it
+is appended, so a prompt no other source applies to falls through to it. A
+record no source applies to is an error naming it, each source tried and why
+that source was unavailable. How the paper mixes sources in one batch is not
+published (papers.md §2(g).4); here every source is mapped as
+`scale * r + shift` (config, default identity), which keeps RTV and GenRM on
+the same [0, 1] scale (a learned RM's scale is its own: set its transform).
 
 Verifier calls are cached by (verifier, response, reference) and run on a
-thread pool (the code sandbox spends its time in a child process).
+thread pool (the code sandbox spends its time in a child process). Every
+source scores its records in one batched call per router call.
 """
 
 import concurrent.futures
@@ -36,7 +45,8 @@ VERIFIER_FIELDS: Registry[str] = Registry("verifier reference field")
 VERIFIER_FIELDS.register("math")("ground_truth")
 VERIFIER_FIELDS.register("code")("unit_tests")
 
-DEFAULT_ORDER = ("verifier", "genrm_ground_truth", "genrm_reference")
+DEFAULT_ORDER = ("verifier", "genrm_ground_truth", "genrm_reference", "genrm_best_of_n")
+FALLBACK = "learned_rm"  # appended to any order when a learned RM is configured
 
 
 @dataclasses.dataclass
@@ -53,6 +63,10 @@ class RewardContext:
 
     verifiers: Mapping[str, str] = dataclasses.field(default_factory=lambda: {"math": "math", "code": "code"})
     genrm: object | None = None  # rewards.genrm.GenRM
+    # rewards.references.BestOfNReferences: covers(rec) -> bool, lookup(records) -> list[str]
+    references: object | None = None
+    # score(prompts, responses) -> (f32[N], bool[N]) (algorithms/reward_model/scorer.LearnedRM)
+    learned_rm: object | None = None
     num_workers: int = 2  # verifier threads
     cache_size: int = 65536
 
@@ -63,6 +77,7 @@ class VerifierSource:
             VERIFIERS.get(name)  # unknown names fail at construction, not mid-run
             VERIFIER_FIELDS.get(name)
         self.ctx = ctx
+        self.unavailable = None if ctx.verifiers else "no verifiers configured"
         self._call = functools.lru_cache(maxsize=ctx.cache_size)(lambda name, y, ref: VERIFIERS.get(name)(y, ref))
 
     def applies(self, rec: PromptRecord) -> bool:
@@ -85,6 +100,7 @@ class _GenRMSource:
 
     def __init__(self, ctx: RewardContext):
         self.genrm = ctx.genrm
+        self.unavailable = None if ctx.genrm is not None else "no GenRM configured (genrm.enabled)"
 
     def applies(self, rec: PromptRecord) -> bool:
         return self.genrm is not None and getattr(rec, self.field) is not None
@@ -102,33 +118,76 @@ class GenRMReferenceSource(_GenRMSource):
     field = "reference"
 
 
+class GenRMBestOfNSource:
+    """GenRM against a generated best-of-N reference, for records with no ground truth and no reference."""
+
+    def __init__(self, ctx: RewardContext):
+        self.genrm, self.references = ctx.genrm, ctx.references
+        self.unavailable = ("no GenRM configured (genrm.enabled)" if ctx.genrm is None else
+                            "no best-of-N references configured (genrm.best_of_n.enabled)"
+                            if ctx.references is None else None)
+
+    def applies(self, rec: PromptRecord) -> bool:
+        return self.unavailable is None and self.references.covers(rec)
+
+    def score(self, recs, responses):
+        out = self.genrm.score([r.prompt for r in recs], list(responses), self.references.lookup(recs))
+        return out.scores, out.valid
+
+
+class LearnedRMSource:
+    """The learned reward model on any record (the router's fall-through)."""
+
+    def __init__(self, ctx: RewardContext):
+        self.rm = ctx.learned_rm
+        self.unavailable = None if ctx.learned_rm is not None else "no learned RM configured (reward.learned_rm)"
+
+    def applies(self, rec: PromptRecord) -> bool:
+        return self.rm is not None
+
+    def score(self, recs, responses):
+        return self.rm.score([r.prompt for r in recs], list(responses))
+
+
 REWARD_SOURCES: Registry = Registry("reward source")
 REWARD_SOURCES.register("verifier")(VerifierSource)
 REWARD_SOURCES.register("genrm_ground_truth")(GenRMGroundTruthSource)
 REWARD_SOURCES.register("genrm_reference")(GenRMReferenceSource)
+REWARD_SOURCES.register("genrm_best_of_n")(GenRMBestOfNSource)
+REWARD_SOURCES.register(FALLBACK)(LearnedRMSource)
 
 
 class RewardRouter:
     """router(records, responses) -> RewardBatch; see the module docstring."""
 
     def __init__(self, ctx: RewardContext, order: Sequence[str] = DEFAULT_ORDER,
-                 transforms: Mapping[str, tuple[float, float]] | None = None):
+                 transforms: Mapping[str, tuple[float, float]] | None = None, *, fallback: bool = True):
         if not order:
             raise ValueError("the reward router needs at least one source")
-        self.order = tuple(order)
+        self.ctx, self.order = ctx, tuple(order)
+        if fallback and ctx.learned_rm is not None and FALLBACK not in self.order:
+            self.order += (FALLBACK,)  # the fall-through: prompts no earlier source applies to
         self.sources = {name: REWARD_SOURCES.get(name)(ctx) for name in self.order}
         self.transforms = dict(transforms or {})
         unknown = set(self.transforms) - set(self.order)
         if unknown:
             raise ValueError(f"reward transforms for sources not in the order {self.order}: {sorted(unknown)}")
 
+    def restricted(self, order: Sequence[str]) -> "RewardRouter":
+        """A router over the same models with only `order` (no fall-through): e.g. Pre-PPO's scorer."""
+        return RewardRouter(self.ctx, order, {k: v for k, v in self.transforms.items() if k in order},
+                            fallback=False)
+
     def route(self, rec: PromptRecord) -> str:
         for name in self.order:
             if self.sources[name].applies(rec):
                 return name
-        raise ValueError(f"no reward source applies to record {rec.id!r} ({rec.where}, domain {rec.domain!r}): "
-                         f"sources tried {self.order}; give it a ground_truth / unit_tests / reference, a verifier "
-                         "for its domain, or configure a GenRM / Bradley-Terry scorer")
+        tried = ", ".join(name + (f" ({self.sources[name].unavailable})" if self.sources[name].unavailable else "")
+                          for name in self.order)
+        raise ValueError(f"no reward source applies to record {rec.id!r} ({rec.where}, domain {rec.domain!r}, "
+                         f"prompt {rec.prompt[:60]!r}): sources tried: {tried}; give it a ground_truth / unit_tests "
+                         "/ reference or a verifier for its domain, or configure a learned reward model "
+                         "(reward.learned_rm) to score every prompt the other sources do not")
 
     def check(self, records: Sequence[PromptRecord]) -> dict[str, int]:
         """Routes every record up front (fails before any sampling); returns the count per route."""
@@ -137,6 +196,10 @@ class RewardRouter:
             name = self.route(r)
             counts[name] = counts.get(name, 0) + 1
         return counts
+
+    def check_by_domain(self, records: Sequence[PromptRecord]) -> dict[str, dict[str, int]]:
+        """{domain: {source: records}}: the route of every record, counted per domain (reports)."""
+        return route_counts([self.route(r) for r in records], records)
 
     def __call__(self, records: Sequence[PromptRecord], responses: Sequence[str]) -> RewardBatch:
         if len(records) != len(responses):
@@ -155,12 +218,25 @@ class RewardRouter:
         return RewardBatch(rewards=rewards, routes=routes, valid=valid)
 
 
+def route_counts(routes: Sequence[str], records: Sequence[PromptRecord]) -> dict[str, dict[str, int]]:
+    """{domain: {source: samples that source scored}}: which source scored each domain."""
+    out: dict[str, dict[str, int]] = {}
+    for rec, route in zip(records, routes):
+        per = out.setdefault(rec.domain, {})
+        per[route] = per.get(route, 0) + 1
+    return {d: dict(sorted(v.items())) for d, v in sorted(out.items())}
+
+
 def reward_metrics(batch: RewardBatch, records: Sequence[PromptRecord], prefix: str = "reward") -> dict[str, float]:
-    """Mean reward overall, per domain and per route, and the invalid (unparsable) fraction."""
+    """Mean reward overall, per domain and per route, the invalid (unparsable) fraction, and the routing:
+    `{prefix}/routes/<domain>/<source>` = samples of that domain the source scored."""
     out = {f"{prefix}/mean": float(batch.rewards.mean()) if len(batch.rewards) else 0.0,
            f"{prefix}/invalid_fraction": float(1.0 - batch.valid.mean()) if len(batch.valid) else 0.0}
     for key, values in (("domain", [r.domain for r in records]), ("route", batch.routes)):
         for v in sorted(set(values)):
             sel = np.array([x == v for x in values])
             out[f"{prefix}/{key}/{v}"] = float(batch.rewards[sel].mean())
+    for domain, per in route_counts(batch.routes, records).items():
+        for source, n in per.items():
+            out[f"{prefix}/routes/{domain}/{source}"] = float(n)
     return out

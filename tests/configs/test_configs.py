@@ -25,7 +25,7 @@ CONFIGS = PACKAGE.parent / "configs"
 PRESETS = {
     "mm_dpo": ["tiny", "llava_ov_7b"],
     "reward_model": ["tiny", "llava_ov_7b"],
-    "ppo": ["tiny", "tiny_hybrid", "qwen2_7b"],
+    "ppo": ["tiny", "tiny_hybrid", "tiny_router", "qwen2_7b"],
     "align_pro": ["tiny", "qwen2_0p5b_for_7b"],
     "longpo": ["tiny", "mistral_7b_128k", "qwen25_7b_128k", "tiny,released", "mistral_7b_128k,released",
                "qwen25_7b_128k,released"],

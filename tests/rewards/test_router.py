@@ -1,4 +1,5 @@
-"""Hybrid reward router: source order, per-domain verifiers, GenRM references, transforms, errors."""
+"""Hybrid reward router: source order, per-domain verifiers, GenRM references (given and best-of-N), the
+learned-RM fall-through, transforms, routing counts, errors."""
 
 import numpy as np
 import pytest
@@ -67,7 +68,7 @@ def test_order_and_transforms():
 
 def test_unroutable_record_and_bad_configs_are_errors():
     router = RewardRouter(RewardContext())  # no GenRM: only verifiable records route
-    with pytest.raises(ValueError, match=r"record 'r3' \(pool.jsonl:3, domain 'general'\)"):
+    with pytest.raises(ValueError, match=r"record 'r3' \(pool.jsonl:3, domain 'general', prompt 'prompt 3'\)"):
         router(RECORDS[2:3], ["moo"])
     with pytest.raises(ValueError, match="record 'r5'"):
         router.check([RECORDS[0], RECORDS[4]])
@@ -103,3 +104,92 @@ def test_reward_metrics_by_domain_and_route():
     assert m["reward/route/verifier"] == pytest.approx(1.0)
     assert m["reward/route/genrm_reference"] == pytest.approx(0.25)
     assert m["reward/invalid_fraction"] == 0.0
+
+
+class FakeLearnedRM:
+    """Scores len(response) / 10; records its calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def score(self, prompts, responses):
+        self.calls.append((list(prompts), list(responses)))
+        return np.array([len(y) / 10 for y in responses], np.float32), np.ones(len(responses), bool)
+
+
+class FakeReferences:
+    """Best-of-N references: covers reference-less records of `domains`; the reference is "ref:<prompt>"."""
+
+    def __init__(self, domains=()):
+        self.domains, self.looked_up = domains, []
+
+    def covers(self, rec):
+        return rec.ground_truth is None and rec.reference is None and (not self.domains or rec.domain in self.domains)
+
+    def lookup(self, recs):
+        self.looked_up.append([r.id for r in recs])
+        return [f"ref:{r.prompt}" for r in recs]
+
+
+OPEN = [rec(6, "open"), rec(7, "chat"), rec(8, "open")]  # no ground truth, no reference, no tests
+
+
+def test_learned_rm_is_the_fall_through():
+    rm, genrm = FakeLearnedRM(), FakeGenRM()
+    # Not in the order: appended, so prompts nothing else applies to reach it.
+    router = RewardRouter(RewardContext(genrm=genrm, learned_rm=rm, num_workers=1),
+                          order=("verifier", "genrm_ground_truth"))
+    assert router.order == ("verifier", "genrm_ground_truth", "learned_rm")
+    recs = RECORDS[:3] + OPEN
+    ys = ["The answer is 9 .", "def f ( x ): return x * 2", "moo", "abcd", "ab", "abcdefgh"]
+    out = router(recs, ys)
+    assert out.routes == ["verifier", "verifier", "genrm_ground_truth", "learned_rm", "learned_rm", "learned_rm"]
+    np.testing.assert_allclose(out.rewards, [1.0, 1.0, 0.75, 0.4, 0.2, 0.8])
+    assert rm.calls == [(["prompt 6", "prompt 7", "prompt 8"], ["abcd", "ab", "abcdefgh"])]  # one batched call
+    # Listed first, it scores everything (an RM-only PPO).
+    only = RewardRouter(RewardContext(learned_rm=rm), order=("learned_rm", "verifier"))
+    assert set(only(recs, ys).routes) == {"learned_rm"}
+
+
+def test_best_of_n_reference_route_and_domains():
+    genrm, rm, refs = FakeGenRM(), FakeLearnedRM(), FakeReferences(domains=("open",))
+    router = RewardRouter(RewardContext(genrm=genrm, learned_rm=rm, references=refs, num_workers=1))
+    out = router(RECORDS[3:4] + OPEN, ["woof", "x ref:prompt 6", "hello", "nope"])
+    # reference field first; open prompts: best-of-N; "chat" is not a covered domain -> learned RM.
+    assert out.routes == ["genrm_reference", "genrm_best_of_n", "learned_rm", "genrm_best_of_n"]
+    np.testing.assert_allclose(out.rewards, [0.25, 0.75, 0.5, 0.25])
+    assert refs.looked_up == [["r6", "r8"]]
+    assert genrm.calls[-1] == (["prompt 6", "prompt 8"], ["x ref:prompt 6", "nope"], ["ref:prompt 6", "ref:prompt 8"])
+    assert router.check_by_domain(RECORDS[3:4] + OPEN) == {
+        "chat": {"learned_rm": 1}, "general": {"genrm_reference": 1}, "open": {"genrm_best_of_n": 2}}
+
+
+def test_no_source_error_names_the_prompt_and_every_source_tried():
+    router = RewardRouter(RewardContext(num_workers=1))  # nothing but verifiers
+    with pytest.raises(ValueError) as e:
+        router(OPEN[:1], ["x"])
+    msg = str(e.value)
+    assert "record 'r6' (pool.jsonl:6, domain 'open', prompt 'prompt 6')" in msg
+    assert ("sources tried: verifier, genrm_ground_truth (no GenRM configured (genrm.enabled)), genrm_reference "
+            "(no GenRM configured (genrm.enabled)), genrm_best_of_n (no GenRM configured (genrm.enabled))") in msg
+    assert "reward.learned_rm" in msg
+    # A GenRM without best-of-N references: that source says so.
+    with pytest.raises(ValueError, match=r"genrm_best_of_n \(no best-of-N references configured"):
+        RewardRouter(RewardContext(genrm=FakeGenRM())).check(OPEN[:1])
+    # A restricted router (Pre-PPO's scorer) has no fall-through.
+    full = RewardRouter(RewardContext(genrm=FakeGenRM(), learned_rm=FakeLearnedRM()))
+    genrm_only = full.restricted(("genrm_ground_truth",))
+    assert genrm_only.order == ("genrm_ground_truth",)
+    with pytest.raises(ValueError, match="sources tried: genrm_ground_truth;"):
+        genrm_only.check(OPEN[:1])
+
+
+def test_route_counts_in_metrics():
+    router = RewardRouter(RewardContext(genrm=FakeGenRM(), learned_rm=FakeLearnedRM(), num_workers=1))
+    recs = RECORDS + OPEN
+    m = reward_metrics(router(recs, RESPONSES + ["a", "b", "c"]), recs)
+    routes = {k: v for k, v in m.items() if k.startswith("reward/routes/")}
+    assert routes == {"reward/routes/math/verifier": 1.0, "reward/routes/code/verifier": 1.0,
+                      "reward/routes/code/genrm_ground_truth": 1.0, "reward/routes/general/genrm_ground_truth": 1.0,
+                      "reward/routes/general/genrm_reference": 1.0, "reward/routes/open/learned_rm": 2.0,
+                      "reward/routes/chat/learned_rm": 1.0}

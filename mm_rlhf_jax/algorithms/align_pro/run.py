@@ -126,7 +126,11 @@ def run(config: ml_collections.ConfigDict, workdir: str):
             batches = sft.ArrayBatches.for_mesh(sft.text_demos(tok, data.prompter_demos, w.max_length),
                                                 w.batch_size, w.seed, mesh)
             params0 = sft.run(ctx.path("warm_start"), ctx, module, params0, batches, w, trainable=trainable)
-        router = rewards.build_router(config.reward, rewards.build_genrm(config, ctx, data.tokenizer))
+        genrm = rewards.build_genrm(config, ctx, data.tokenizer)
+        # r* may be a learned reward model (the paper's alignment RM: a reward_model workdir)
+        learned_rm = rewards.build_learned_rm(config, ctx, data.tokenizer, [])
+        references = rewards.build_references(config, ctx, genrm, learned_rm, None, {})
+        router = rewards.build_router(config.reward, genrm, learned_rm, references)
         router.check(data.pool + data.heldout)
         roles = trainer.build_roles(config, ctx, module, trainable)
         frozen_gen = Generator(f_module, f_tok, mesh, max_new_tokens=f.max_new_tokens, batch_size=f.batch_size,

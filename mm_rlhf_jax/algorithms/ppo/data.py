@@ -49,6 +49,10 @@ def prepare(d: ml_collections.ConfigDict, init_from: str, workdir: str) -> RLDat
                  "heldout": d.synthetic_heldout}
         splits = reasoning.make_splits(d.synthetic_seed, sizes, reasoning.TaskMix(*d.synthetic_mix),
                                        math_tasks=tuple(d.synthetic_math_tasks))
+        if d.synthetic_open:  # the demonstrations keep their answers; the pools get open-ended prompts
+            splits = {name: recs if name == "sft" else reasoning.open_prompts(recs, d.synthetic_open,
+                                                                             d.synthetic_seed + k)
+                      for k, (name, recs) in enumerate(splits.items())}
         folder = write_pools(workdir, splits)
         load = lambda name: load_prompt_pool(storage.join(folder, f"{name}.jsonl"))
         return RLData(tok, splits["sft"], load("train"), load("new") if d.synthetic_new else [], load("heldout"))

@@ -10,7 +10,9 @@ its output exists (re-running the same command resumes):
   data/               tokenizer and prompt pools (synthetic tasks, tiny preset)
   warm_start/         SFT of the tiny policy on demonstrations (checkpointed)
   genrm/              SFT of the tiny GenRM judge (tiny preset with a "general" domain)
-  pre_ppo/            scores of the new pool under the initial policy; selected.jsonl
+  learned_rm/         a tiny scalar reward model (a reward_model workdir; reward.learned_rm, tiny presets)
+  genrm_references/   best-of-N GenRM references, one JSON file per prompt hash (genrm.best_of_n)
+  pre_ppo/            scores of the new pool under the initial policy; selection_stats.json; selected.jsonl
   initial_eval.json   the initial (SFT) policy on the held-out prompts
   checkpoints/        RLState (actor, critic, rng) + prompt-iterator state
   metrics.jsonl, samples.jsonl, eval.json
@@ -33,7 +35,7 @@ from mm_rlhf_jax.rewards.router import reward_metrics
 from mm_rlhf_jax.rollout.generate import Generator
 from mm_rlhf_jax.rollout.strategies import SamplingConfig
 from mm_rlhf_jax.sharding import SAMPLING_RULES
-from mm_rlhf_jax.train import model_factory, phase, sft
+from mm_rlhf_jax.train import model_factory, phase, reference_cache, sft
 
 
 def warm_start(ctx: phase.RunContext, w: ml_collections.ConfigDict, module, tok, sft_records, params, *,
@@ -60,19 +62,45 @@ def sampled_generate(gen: Generator, params, seed: int):
 
 def select_prompts(ctx: phase.RunContext, p: ml_collections.ConfigDict, data: rl_data.RLData, gen: Generator,
                    params, router, seed: int) -> list[PromptRecord]:
-    """Pre-PPO (block p): the training pool = original prompts + the hardest fraction of the new pool (cached)."""
+    """Pre-PPO (block p): the training pool = original prompts + the hardest fraction of each domain of the new
+    pool, scored by p.scorer (cached)."""
     if not p.enabled or not data.new_pool:
         return data.pool
     out_dir = ctx.path("pre_ppo")
     selected = storage.join(out_dir, "selected.jsonl")
     if not storage.exists(selected):  # every process runs the selection (generation is collective)
-        logging.info("Pre-PPO: scoring %d new prompts x %d samples", len(data.new_pool), p.num_samples)
+        scorer = rewards.PRE_PPO_SCORERS.get(p.scorer)(router)
+        logging.info("Pre-PPO: scoring %d new prompts x %d samples with %s (routes %s)", len(data.new_pool),
+                     p.num_samples, p.scorer, scorer.check(data.new_pool))
         sel = pre_ppo_select(data.pool, data.new_pool, generate=sampled_generate(gen, params, seed),
-                             reward_fn=router, num_samples=p.num_samples, fraction=p.fraction,
-                             normalization=p.normalization, seed=seed, output_dir=out_dir)
-        logging.info("Pre-PPO: %s", sel.summary())
+                             reward_fn=scorer, num_samples=p.num_samples, fraction=p.fraction,
+                             normalization=p.normalization, selection=p.selection, seed=seed, output_dir=out_dir,
+                             scorer=p.scorer)
+        logging.info("Pre-PPO: %s; per domain %s", sel.summary(), sel.domains)
     distributed.barrier("pre_ppo")  # process 0 wrote selected.jsonl; everyone reads that file
     return load_prompt_pool(selected)
+
+
+def reference_generator(config: ml_collections.ConfigDict, ctx: phase.RunContext, module, tok, params0,
+                        identity: dict):
+    """(generate(records, n) -> n candidates each, fingerprint) for genrm.best_of_n: the initial policy params0
+    ("policy"), or a reference model's checkpoint folder, sampled at best_of_n.temperature."""
+    b, p = config.genrm.best_of_n, config.ppo
+    if not b.enabled:
+        return None, {}
+    sampling = SamplingConfig("temperature", b.temperature)
+    kw = dict(batch_size=p.eval_batch_size, max_prompt_length=p.max_prompt_length,
+              max_new_tokens=b.max_new_tokens or p.max_new_tokens, sampling=sampling)
+    if b.generator == "policy":
+        # the initial policy: the warm start's identity too, so a different SFT never reuses a reference
+        fingerprint = {"policy": identity, "warm_start": config.warm_start.to_dict()}
+        gen = trainer.policy_generator(module, tok, ctx.mesh, hf.param_shardings(module, ctx.mesh, SAMPLING_RULES),
+                                       **kw)
+        return sampled_generate(gen, params0, b.seed), fingerprint
+    ref_module, ref_params = model_factory.pretrained(b.generator, config.model, ctx.mesh, SAMPLING_RULES)
+    ref_tok = cached_tokenizer(b.tokenizer or b.generator)
+    gen = trainer.policy_generator(ref_module, ref_tok, ctx.mesh, None, **kw)
+    return sampled_generate(gen, ref_params, b.seed), {"checkpoint": reference_cache.checkpoint_identity(b.generator)}
 
 
 def curriculum(k: ml_collections.ConfigDict, steps: int) -> Curriculum:
@@ -107,25 +135,31 @@ def run(config: ml_collections.ConfigDict, workdir: str):
         data = rl_data.prepare(config.data, config.model.init_from, workdir)
         tok = cached_tokenizer(data.tokenizer)
         trainable = model_factory.TRAINABLE.get(config.model.trainable)
-        module, _ = model_factory.build(config.model, config.seed)
+        module, identity = model_factory.build(config.model, config.seed)
         params0 = warm_start(ctx, config.warm_start, module, tok, data.sft,
                              model_factory.initial_params(config.model, module, mesh, ctx.rules, config.seed),
                              trainable=trainable)
-        router = rewards.build_router(config.reward, rewards.build_genrm(config, ctx, data.tokenizer))
-        logging.info("reward routes: pool %s, held-out %s", router.check(data.pool + data.new_pool),
-                     router.check(data.heldout))
-        roles = trainer.build_roles(config, ctx, module, trainable)
         sampling_layout = hf.param_shardings(module, mesh, SAMPLING_RULES)
         kw = dict(batch_size=p.eval_batch_size, max_prompt_length=p.max_prompt_length, max_new_tokens=p.max_new_tokens)
         greedy = trainer.policy_generator(module, tok, mesh, sampling_layout, sampling=SamplingConfig("greedy"), **kw)
         sampled = trainer.policy_generator(module, tok, mesh, sampling_layout, sampling=trainer.sampling_config(p),
                                            **kw)
+        genrm = rewards.build_genrm(config, ctx, data.tokenizer)
+        learned_rm = rewards.build_learned_rm(config, ctx, data.tokenizer, data.sft)
+        generate, fingerprint = reference_generator(config, ctx, module, tok, params0, identity)
+        references = rewards.build_references(config, ctx, genrm, learned_rm, generate, fingerprint)
+        router = rewards.build_router(config.reward, genrm, learned_rm, references)
+        logging.info("reward routes: pool %s, held-out %s", router.check(data.pool + data.new_pool),
+                     router.check(data.heldout))
+        roles = trainer.build_roles(config, ctx, module, trainable)
         pool = select_prompts(ctx, config.pre_ppo, data, sampled, params0, router, config.seed)
         sampler = CurriculumSampler(pool, p.prompts_per_step, curriculum(config.curriculum, config.train.steps),
                                     config.data.seed, encode=trainer.prompt_encoder(tok, p.max_prompt_length))
         result = trainer.train_cycles(ctx, config, roles, tok, params0, router, sampler,
                                       make_eval_fn(config.eval.num_prompts, greedy, data.heldout, router))
         out = {**phase.scalars(result.final), **{f"initial_{k}": v for k, v in phase.scalars(result.initial).items()},
-               "steps": config.train.steps, "train_prompts": len(pool), "examples": result.final.get("examples", [])}
+               "steps": config.train.steps, "train_prompts": len(pool), "examples": result.final.get("examples", []),
+               # which reward source scores each domain (prompts per source), training pool and held-out
+               "reward_routes": {"train": router.check_by_domain(pool), "heldout": router.check_by_domain(data.heldout)}}
         phase.report("ppo", out, ctx.writer)
     return out

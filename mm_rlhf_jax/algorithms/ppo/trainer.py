@@ -291,8 +291,8 @@ class RLTrainer:
         if self._samples is None:
             self._samples = storage.Appender(self.sample_log)
         for i in range(min(self.p.log_samples, len(texts))):
-            row = {"step": step, "id": records[i].id, "prompt": records[i].prompt, "response": texts[i],
-                   "reward": float(rewards.rewards[i])}
+            row = {"step": step, "id": records[i].id, "domain": records[i].domain, "prompt": records[i].prompt,
+                   "response": texts[i], "reward": float(rewards.rewards[i]), "source": rewards.routes[i]}
             if rewards.details is not None:
                 row["details"] = rewards.details[i]
             self._samples.write(json.dumps(row) + "\n")

@@ -9,6 +9,8 @@ Three prompt domains, each with the reward source the hybrid router gives it:
            a correct response is "def f ( x ): return x * 3"
   general  "What sound does a cow make ?" -> ground_truth "moo" (no programmatic
            verifier: judged by the generative RM against the ground truth)
+  open     a general prompt written without its ground truth (`open_prompts`): nothing
+           to check against, so a GenRM best-of-N reference or the learned RM scores it
 
 Responses are written with spaces between words and punctuation because the
 tiny word-level tokenizer decodes that way ("The answer is 9 ."); a one-line
@@ -174,6 +176,34 @@ def solution(rec: dict, *, wrong: bool = False) -> str:
     if meta["task"] == "plus":
         return ANSWER_TEMPLATE.format(answer=int(truth) + 1)
     return ANSWER_TEMPLATE.format(answer=next(str(v) for v in meta["numbers"] if str(v) != truth))
+
+
+def open_prompts(records: list[dict], share: float, seed: int) -> list[dict]:
+    """A seeded `share` of the general records as domain "open": ground truth moved to meta["answer"]."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for r in records:
+        if r["domain"] == "general" and rng.random() < share:
+            rest = {k: v for k, v in r.items() if k != "ground_truth"}
+            r = {**rest, "domain": "open", "meta": {**r["meta"], "answer": r["ground_truth"]}}
+        out.append(r)
+    return out
+
+
+def preference_pairs(records: list[dict], seed: int, *, label_noise: float = 0.0) -> list:
+    """(right, wrong) answer PairRecords for a tiny learned reward model; label_noise: share swapped."""
+    from mm_rlhf_jax.data.errors import Where
+    from mm_rlhf_jax.data.records import PairRecord
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, r in enumerate(records):
+        good, bad = solution(r), solution(r, wrong=True)
+        if rng.random() < label_noise:
+            good, bad = bad, good
+        out.append(PairRecord(id=r["id"], prompt=r["prompt"], chosen=good, rejected=bad,
+                              where=Where("synthetic_pairs", i + 1)))
+    return out
 
 
 def sft_conversations(records: list[dict], seed: int, *, label_noise: float = 0.0,
