@@ -74,7 +74,7 @@ def _paper_scale(c: ml_collections.ConfigDict, checkpoint: str) -> None:
     c.model.remat = "full"
     c.model.scan_layers = True
     c.data.documents = "/data/longpo/long_documents.jsonl"
-    # Sized for v5p-32 (16 chips; python -m mm_rlhf_jax.aot ... --topology v5p:2x2x4: 26.3 GiB of 95.7 per
+    # Sized for v5p-32 (16 chips; python -m mm_rlhf_jax.aot ... --topology v5p:2x2x4: Mistral 26.3 GiB of 95.7 per
     # chip, bench/SCALE.md): the schema's 8-way sequence axis x fsdp 2, one sample per fsdp shard per
     # microbatch, 4 microbatches of the paper's 8 samples of up to 139,264 tokens.
     c.train.microbatches = 4
