@@ -78,7 +78,11 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.model.scan_layers = True
         c.model.remat = "full"
         c.data.synthetic = False
+        # Sized for v5p-16 (8 chips; python -m mm_rlhf_jax.aot ... --topology v5p:2x2x2, bench/SCALE.md: the
+        # update step 41.7 GiB of 95.7 per chip): fsdp over the 8 chips, each PPO minibatch of 128
+        # rollouts in 16 microbatches of one rollout per chip.
         c.mesh = config_lib.mesh_block(fsdp=-1)
+        c.train.microbatches = 16
         c.ppo = config_lib.ppo_block(prompts_per_step=512, samples_per_prompt=1, max_prompt_length=1024,
                                      max_new_tokens=1024, epochs=1, num_minibatches=4, kl_coef=0.05,
                                      missing_stop_penalty=1.0, eval_batch_size=256)
