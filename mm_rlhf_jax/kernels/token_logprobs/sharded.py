@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from mm_rlhf_jax.kernels.per_shard import ambient_mesh, split_axes
 from mm_rlhf_jax.kernels.token_logprobs import common, pallas_tpu
 
 _F32 = jnp.float32
@@ -50,24 +51,6 @@ class Plan:
     vocab: str | None = None  # axis splitting V (vocab-parallel), or None
     head_split: tuple[str, ...] | None = None  # axes W's H stays split over until gathered in-body
     slices: tuple[tuple[int, int], ...] = ()  # [lo, hi) column slices of the local vocabulary
-
-
-def _ambient_mesh():
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh is None or mesh.empty or mesh.size <= 1:
-        return None
-    return mesh
-
-
-def _split(mesh, candidates, dim: int):
-    """The candidate axes (in order) whose running product divides dim, or None."""
-    axes, prod = [], 1
-    for name in candidates:
-        size = dict(mesh.shape).get(name, 1)
-        if size > 1 and dim % (prod * size) == 0:
-            axes.append(name)
-            prod *= size
-    return tuple(axes) or None
 
 
 def _size(mesh, axes) -> int:
@@ -93,7 +76,7 @@ def make_plan(n: int, hid: int, vocab: int, vocab_parallel: bool | None, *, item
     True = required (an error if impossible); False = W gathered on every device.
     itemsize: bytes per head element as gathered (the compute dtype's).
     """
-    mesh = _ambient_mesh()
+    mesh = ambient_mesh()
     tp = 1 if mesh is None else dict(mesh.shape).get(VOCAB_AXIS, 1)
     possible = tp > 1 and vocab % tp == 0
     if vocab_parallel and not possible:
@@ -102,7 +85,7 @@ def make_plan(n: int, hid: int, vocab: int, vocab_parallel: bool | None, *, item
     if mesh is None:
         return Plan()
     vocab_axis = VOCAB_AXIS if (possible if vocab_parallel is None else vocab_parallel) else None
-    tokens = _split(mesh, TOKEN_AXES if vocab_axis else TOKEN_AXES + (VOCAB_AXIS,), n)
+    tokens = split_axes(mesh, TOKEN_AXES if vocab_axis else TOKEN_AXES + (VOCAB_AXIS,), n)
     if tokens is None and vocab_axis is None:
         return Plan()
     head_split = tokens if tokens and hid % _size(mesh, tokens) == 0 else None
