@@ -66,6 +66,7 @@ def plain_path(rm: TinyRM, path: str):
 def test_streamed_scores_equal_the_plain_path(rm, tmp_path):
     pairs = replicate_pairs(rm.train_pairs, os.path.join(os.path.dirname(rm.train_pairs), "s1.jsonl"), 45)
     out = str(tmp_path / "scored.jsonl")
+    decodes = rm.inference.encoder.decodes
     result = score_file(rm.inference, rm.params, rm.score_block(pairs, out, part_batches=2), critique=True,
                         workdir=str(tmp_path))
     assert (result.pairs, result.batches, result.scored_batches) == (45, 6, 6)  # 5 full batches + 5 rows
@@ -73,6 +74,10 @@ def test_streamed_scores_equal_the_plain_path(rm, tmp_path):
     inputs = [obj for _, obj in read_jsonl(pairs)]
     critiques, rewards = plain_path(rm, pairs)
     assert len(rows) == len(inputs) == 45
+    # Each image decoded at most once per batch (3 encodes per pair: chosen prompt, rejected prompt, scoring).
+    media = [o.get("image") or o.get("video") for o in inputs]
+    per_batch = sum(len({m for m in media[i:i + 8] if m}) for i in range(0, 45, 8))
+    assert 0 < rm.inference.encoder.decodes - decodes <= per_batch < 3 * sum(map(bool, media))
     for original, row, (c, x), (rc, rr) in zip(inputs, rows, critiques, rewards):
         # Every input field kept (an input delta as source_delta), rows in input order.
         assert {k: row["source_delta" if k == "delta" else k] for k in original} == original
