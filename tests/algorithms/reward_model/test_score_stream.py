@@ -20,6 +20,7 @@ import jax
 import numpy as np
 import pytest
 
+from mm_rlhf_jax import storage
 from mm_rlhf_jax.algorithms.reward_model import step as step_lib
 from mm_rlhf_jax.algorithms.reward_model.score import parts_dir, score_file
 from mm_rlhf_jax.data.example import ExampleEncoder
@@ -178,3 +179,18 @@ def test_sigkill_mid_pass_then_rerun_scores_only_unfinished_batches(tmp_path):
     killed = [int(x) for x in open(logs["killed"]).read().split()]
     assert killed[:done] == list(range(done))  # the first process scored the finished batches once
     assert open(out).read() == open(str(tmp_path / "full.jsonl")).read()
+
+
+def test_scoring_a_url_goes_through_the_path_layer(rm, tmp_path):
+    """Pairs, media, parts and output on an fsspec URL (memory://, standing in for gs://): the same rows."""
+    local = replicate_pairs(rm.train_pairs, os.path.join(os.path.dirname(rm.train_pairs), "s4.jsonl"), 12)
+    url = "memory://score_stream_test"
+    storage.upload_tree(os.path.dirname(local), url)  # the pair file and its images
+    want = str(tmp_path / "local.jsonl")
+    score_file(rm.inference, rm.params, rm.score_block(local, want), critique=False, workdir=str(tmp_path))
+    got = storage.join(url, "out", "scored.jsonl")
+    result = score_file(rm.inference, rm.params, rm.score_block(storage.join(url, "s4.jsonl"), got),
+                        critique=False, workdir=storage.join(url, "work"))
+    assert result.scored_batches == 2 and storage.exists(storage.join(url, "work", "media_check.json"))
+    assert storage.read_text(got) == open(want).read()
+    storage.remove(url)
