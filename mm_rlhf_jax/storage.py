@@ -200,6 +200,34 @@ def write_atomic(path: str, data: bytes | str) -> None:
         raise
 
 
+def write_atomic_chunks(path: str, chunks) -> None:
+    """write_atomic of the concatenated `chunks` (str or bytes), never holding them all in memory.
+
+    Locally a temporary sibling + rename; on a URL one streamed object upload
+    (an object store publishes an object only when its upload completes).
+    """
+    encode = lambda c: c.encode("utf-8") if isinstance(c, str) else bytes(c)
+    if is_url(path):
+        fs, p = _fs(path)
+        _makedirs(path, fs, posixpath.dirname(p))
+        with fs.open(p, "wb") as f:
+            for c in chunks:
+                f.write(encode(c))
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for c in chunks:
+                f.write(encode(c))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def remove(path: str) -> None:
     if is_url(path):
         fs, p = _fs(path)

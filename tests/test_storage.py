@@ -120,3 +120,14 @@ def test_run_writers_on_a_url(url):
     resumed = JsonlStage(storage.join(url, "round_0", "chosen"))
     assert sorted(resumed.records) == ["d#0", "d#1"]
     assert storage.listdir(storage.join(url, "round_0", "chosen")) == ["part-000000.jsonl", "part-000001.jsonl"]
+
+
+@pytest.mark.parametrize("where", ["url", "local"])
+def test_write_atomic_chunks_streams_into_one_file(where, url, tmp_path):
+    path = storage.join(url if where == "url" else str(tmp_path), "out", "big.jsonl")
+    storage.write_atomic_chunks(path, (f"{i}\n" if i % 2 else f"{i}\n".encode() for i in range(1000)))
+    assert storage.read_text(path).split() == [str(i) for i in range(1000)]
+    with pytest.raises(RuntimeError):  # a failing producer leaves the earlier file in place
+        storage.write_atomic_chunks(path, (x if x != "b" else (_ for _ in ()).throw(RuntimeError()) for x in "ab"))
+    if where == "local":
+        assert storage.read_text(path).split()[:2] == ["0", "1"] and len(os.listdir(tmp_path / "out")) == 1

@@ -7,9 +7,17 @@ model's visual token count, and tokenizes chosen/rejected (preference) or
 critic prompt + critique (reward). Shapes per example are those of batch.py
 without the leading B; everything is fixed-size (T = max_length, P = max_patches,
 F = num_frames) so batches have static shapes.
+
+Decoded media are kept in a small LRU (the last `media_lru` images / videos read
+from files, as uint8 tiles / frames: 4x smaller than the f32 arrays), because
+consecutive elements often share one: a pair's chosen and rejected critic
+prompts, and the several pairs of one query (MM-RLHF: about 6 per image), so
+each image is decoded once per batch rather than once per prompt.
 """
 
+import collections
 import dataclasses
+import threading
 
 import numpy as np
 
@@ -65,10 +73,38 @@ class EncoderConfig:
 
 
 class ExampleEncoder:
-    """Callable element -> example dict (see module docstring)."""
+    """Callable element -> example dict (see module docstring).
 
-    def __init__(self, cfg: EncoderConfig):
-        self.cfg = cfg
+    media_lru: decoded media files kept (0: none); `decodes` counts the files actually decoded.
+    """
+
+    def __init__(self, cfg: EncoderConfig, media_lru: int = 8):
+        self.cfg, self.media_lru = cfg, media_lru
+        self._lru: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()  # grain's read threads share one encoder
+        self.decodes = 0
+
+    def __getstate__(self):  # grain pickles encoders into workers: the cache (and its lock) stay behind
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lru", "_lock")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lru, self._lock = collections.OrderedDict(), threading.Lock()
+
+    def _cached(self, key, make):
+        """make() once per key among the last media_lru keys (the value must not be mutated)."""
+        with self._lock:
+            if key in self._lru:
+                self._lru.move_to_end(key)
+                return self._lru[key]
+        value = make()  # outside the lock: threads decode different files at once
+        with self._lock:
+            self.decodes += 1
+            if self.media_lru > 0:
+                self._lru[key] = value
+                while len(self._lru) > self.media_lru:
+                    self._lru.popitem(last=False)
+        return value
 
     @property
     def tokenizer(self):
@@ -94,8 +130,15 @@ class ExampleEncoder:
     def _image_tiles(self, element, rec):
         """(uint8[P, tile, tile, 3] anyres tiles, (H, W), Media) of the record's image; P checked."""
         cfg = self.cfg
-        rgb = self._image_rgb(element, rec)
-        tiles, size = image_lib.anyres_tiles(rgb, cfg.image), (int(rgb.shape[0]), int(rgb.shape[1]))
+
+        def decode():
+            rgb = self._image_rgb(element, rec)
+            return image_lib.anyres_tiles(rgb, cfg.image), (int(rgb.shape[0]), int(rgb.shape[1]))
+
+        if element.get("image") is None:  # a file: the same path decodes to the same tiles
+            tiles, size = self._cached(("image", storage.resolve(element["media_root"], rec.image)), decode)
+        else:
+            tiles, size = decode()
         if tiles.shape[0] > cfg.patches:
             raise DataError(rec.where, "image", f"image of size {size} gives {tiles.shape[0]} patches > "
                                                 f"max_patches={cfg.patches}")
@@ -112,14 +155,15 @@ class ExampleEncoder:
         frames = element.get("video")
         if frames is None:
             folder = storage.resolve(element["media_root"], rec.video)
-            frames = video_lib.load_frames(folder, cfg.num_frames, where=rec.where)
+            resized = self._cached(("video", folder), lambda: video_lib.resize_frames(
+                video_lib.load_frames(folder, cfg.num_frames, where=rec.where), cfg.image))
         else:
             if len(frames) == 0:
                 raise DataError(rec.where, "video", "the stored video has no frames")
             frames = [frames[i] for i in video_lib.sample_frame_indices(len(frames), cfg.num_frames)]
+            resized = video_lib.resize_frames(frames, cfg.image)
         count = video_lib.num_video_tokens(cfg.num_frames, cfg.image, cfg.patch_size)
-        return (video_lib.resize_frames(frames, cfg.image),
-                Media(VIDEO_TOKEN, self._media_token_id(VIDEO_TOKEN, rec.where, "video"), count, "video"))
+        return resized, Media(VIDEO_TOKEN, self._media_token_id(VIDEO_TOKEN, rec.where, "video"), count, "video")
 
     def _video(self, element, rec):
         frames, media = self._video_frames(element, rec)

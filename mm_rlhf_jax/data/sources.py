@@ -54,13 +54,15 @@ class JsonlPairSource(RecordPairSource):
       path: the jsonl file.
       include_ties: keep `is_tie` pairs (reward-model data) or drop them (DPO data).
       media_root: folder media paths are relative to (default: the file's folder).
-      check_media: open every image / first video frame now rather than in a worker.
+      check_media: check every image / first video frame's header now rather than fail in a worker.
+      media_cache: the media check's cache file (validation.MediaChecker; None: none).
     """
 
-    def __init__(self, path: str, *, include_ties: bool, media_root: str | None = None, check_media: bool = True):
+    def __init__(self, path: str, *, include_ties: bool, media_root: str | None = None, check_media: bool = True,
+                 media_cache: str | None = None):
         self.path = path
         media_root = storage.dirname(path) if media_root is None else media_root
-        records = load_pairs(path, media_root=media_root, check_media=check_media)
+        records = load_pairs(path, media_root=media_root, check_media=check_media, media_cache=media_cache)
         qids = query_index(r.id for r in records)  # numbered before tie filtering: same ids either way
         kept = [r for r in records if include_ties or not r.is_tie]
         if not kept:

@@ -15,13 +15,18 @@ turns one caller item (a text, a record, a conversation) into a prompt;
 
 Shapes: a call's rows are padded with repeats to `batch_size` and its prompts
 left-padded to a length bucket (`bucket_length`: multiples of a quarter of the
-length's power of two, at least `min_bucket`; or one fixed `prompt_length`),
-so the sampler compiles once per bucket (`trace_count` counts compiles).
+length's power of two, at least `min_bucket`; the smallest of a few fixed
+`buckets` that holds the longest prompt, e.g. `fixed_buckets(max_length)`; or
+one fixed `prompt_length`), so the sampler compiles once per bucket
+(`trace_count` counts compiles).
 
-Placement: every process encodes every item (callers pass the same items on
-every process), a batch goes to the mesh with placement.put_global_batch and
-comes back with placement.fetch, so the generator runs unchanged as N
-processes. With `param_shardings` (e.g. the SAMPLING_RULES layout: weights not
+Placement: by default every process encodes every item (callers pass the
+same items on every process), a batch goes to the mesh with
+placement.put_global_batch and comes back with placement.fetch, so the
+generator runs unchanged as N processes. `sample_rows` is the sharded form:
+each process passes only its host slot's prompts (placement.host_slot of
+batch_size), the bucket is agreed across processes, and every process gets
+back every row's generation. With `param_shardings` (e.g. the SAMPLING_RULES layout: weights not
 FSDP-sharded, so a decode step never all-gathers them) the parameters are
 resharded explicitly into that layout before sampling.
 
@@ -38,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mm_rlhf_jax.progress import Progress
 from mm_rlhf_jax.rollout.sampler import SampleOutput, left_pad, sample
 from mm_rlhf_jax.rollout.strategies import SamplingConfig
 from mm_rlhf_jax.sharding import placement
@@ -66,6 +72,19 @@ def bucket_length(n: int, minimum: int = 64) -> int:
         return minimum
     step = max(minimum, 1 << (int(n).bit_length() - 3))
     return -(-n // step) * step
+
+
+def fixed_buckets(max_length: int, count: int = 4, minimum: int = 64) -> tuple[int, ...]:
+    """Up to `count` prompt lengths max_length / 2**k (k = count-1 .. 0), multiples of 8, at least `minimum`.
+
+    A handful of shapes, so a long pass (scoring a whole pair file) compiles
+    the sampler at most `count` times while a short prompt is not padded to
+    max_length (prefill and KV cache scale with the padded length).
+    """
+    out = {max_length}
+    for k in range(1, count):
+        out.add(min(max_length, max(minimum, -(-(max_length >> k) // 8) * 8)))
+    return tuple(sorted(out))
 
 
 def apply_fn(module) -> Callable[..., Any]:
@@ -122,19 +141,24 @@ class Generator:
       batch_size: rows per sampler call (global; divisible by the mesh's batch axes).
       encode: item -> Prompt (None: items are Prompts already).
       prompt_length: one fixed prompt length for every call (None: bucket by length).
-      min_bucket: the smallest length bucket.
+      buckets: fixed prompt lengths to choose from (the smallest that fits; a longer prompt is a
+        ValueError); None: bucket_length's buckets.
+      min_bucket: the smallest length bucket (bucket_length).
       param_shardings: the layout to sample in (None: the parameters' own).
       cache_dtype: KV-cache dtype (None: the module's compute dtype).
     """
 
     def __init__(self, module, tokenizer, mesh, *, max_new_tokens: int, batch_size: int,
                  encode: Callable[[Any], Prompt] | None = None, sampling: SamplingConfig = SamplingConfig("greedy"),
-                 stop_ids: Sequence[int] | None = None, prompt_length: int | None = None, min_bucket: int = 64,
-                 param_shardings=None, cache_dtype=None):
+                 stop_ids: Sequence[int] | None = None, prompt_length: int | None = None,
+                 buckets: Sequence[int] | None = None, min_bucket: int = 64, param_shardings=None, cache_dtype=None):
+        if prompt_length is not None and buckets is not None:
+            raise ValueError("give prompt_length (one fixed length) or buckets, not both")
         placement.check_rows(batch_size, mesh, "generation batch size")
         self.module, self.tokenizer, self.mesh = module, tokenizer, mesh
         self.max_new_tokens, self.batch_size, self.sampling = max_new_tokens, batch_size, sampling
         self.prompt_length, self.min_bucket, self.param_shardings = prompt_length, min_bucket, param_shardings
+        self.buckets = tuple(sorted(buckets)) if buckets is not None else None
         self._encode = encode
         self.stop_ids = tuple(int(s) for s in (stop_ids if stop_ids is not None else [tokenizer.eos_token_id]))
         self.pad_id = int(tokenizer.pad_token_id)
@@ -162,12 +186,19 @@ class Generator:
             prompt = self.encode(item)
         except ValueError:
             return False
-        return self.prompt_length is None or len(prompt["prompt_ids"]) <= self.prompt_length
+        limit = self.prompt_length or (self.buckets[-1] if self.buckets else None)
+        return limit is None or len(prompt["prompt_ids"]) <= limit
 
-    def length_for(self, prompts: Sequence[Prompt]) -> int:
-        longest = max(len(p["prompt_ids"]) for p in prompts)
+    def length_for(self, prompts: Sequence[Prompt], longest: int | None = None) -> int:
+        """The padded prompt length for these prompts (longest: their longest length, when known)."""
+        longest = max(len(p["prompt_ids"]) for p in prompts) if longest is None else longest
         if self.prompt_length is not None:
             return self.prompt_length
+        if self.buckets is not None:
+            fits = [b for b in self.buckets if b >= longest]
+            if not fits:
+                raise ValueError(f"a prompt of {longest} tokens exceeds the largest prompt bucket {self.buckets[-1]}")
+            return fits[0]
         return bucket_length(longest, self.min_bucket)
 
     # ------------------------------------------------------------------------------------------ sampling
@@ -191,6 +222,18 @@ class Generator:
         fold = fold if on_mesh(fold) else placement.put_replicated(np.int32(fold), self.mesh)
         return self._sample(params, batch, rng, fold)
 
+    def _generations(self, res: SampleOutput, n: int) -> list[Generation]:
+        """The first n rows of a fetched SampleOutput as Generations."""
+        out = []
+        for row in range(n):
+            k = int(res.lengths[row])
+            tokens = tuple(int(t) for t in res.tokens[row][:k])
+            out.append(Generation(
+                text=self.tokenizer.decode(list(tokens), skip_special_tokens=True).strip(), tokens=tokens,
+                logprobs=np.asarray(res.logprobs[row][:k], np.float32),
+                truncated=not (tokens and tokens[-1] in self.stop_ids)))
+        return out
+
     def __call__(self, params, items: Sequence, *, seed: int = 0) -> list[Generation]:
         prompts = [self.encode(it) for it in items]
         if not prompts:
@@ -203,15 +246,27 @@ class Generator:
             n = len(chunk)
             chunk = chunk + [chunk[0]] * (self.batch_size - n)  # static batch shape: pad with a repeat
             batch = collate_prompts(chunk, self.pad_id, self.length_for(chunk))
-            res = placement.fetch_tree(self.sample(params, batch, rng, start))
-            for row in range(n):
-                k = int(res.lengths[row])
-                tokens = tuple(int(t) for t in res.tokens[row][:k])
-                out.append(Generation(
-                    text=self.tokenizer.decode(list(tokens), skip_special_tokens=True).strip(), tokens=tokens,
-                    logprobs=np.asarray(res.logprobs[row][:k], np.float32),
-                    truncated=not (tokens and tokens[-1] in self.stop_ids)))
+            out.extend(self._generations(placement.fetch_tree(self.sample(params, batch, rng, start)), n))
         return out
+
+    def sample_rows(self, params, prompts: Sequence[Prompt], *, seed: int = 0, fold: int = 0) -> list[Generation]:
+        """One sampler call from this process's rows; every row's Generation (global row order) on every process.
+
+        prompts: exactly placement.host_slot(batch_size, mesh).rows encoded
+        prompts on every process (pad with repeats). params: in the sampling
+        layout (prepare). The bucket is the one of the longest prompt of any
+        process, so every process builds the same shapes. fold: folded into
+        PRNGKey(seed), as __call__ folds a batch's start row.
+        """
+        slot = placement.host_slot(self.batch_size, self.mesh)
+        if len(prompts) != slot.rows:
+            raise ValueError(f"sample_rows takes this process's {slot.rows} rows of a {self.batch_size}-row "
+                             f"batch, got {len(prompts)} prompts")
+        longest = placement.process_max(max(len(p["prompt_ids"]) for p in prompts))
+        batch = placement.put_batch(collate_prompts(prompts, self.pad_id, self.length_for(prompts, longest)),
+                                    self.mesh)
+        res = placement.fetch_tree(self.sample(params, batch, np.asarray(jax.random.PRNGKey(seed)), fold))
+        return self._generations(res, self.batch_size)
 
     def texts(self, params, items: Sequence, *, seed: int = 0) -> list[str]:
         return [g.text for g in self(params, items, seed=seed)]

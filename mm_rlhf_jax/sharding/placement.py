@@ -172,6 +172,13 @@ def any_process(flag: bool) -> bool:
     return bool(multihost_utils.process_allgather(np.array(flag)).any())
 
 
+def process_max(x: int) -> int:
+    """The largest of every process's `x` (e.g. the padded length a sharded batch needs), on every process."""
+    if jax.process_count() == 1:
+        return int(x)
+    return int(multihost_utils.process_allgather(np.array(x, np.int64)).max())
+
+
 def fetch_tree(tree) -> Any:
     """fetch() for every array leaf of a pytree (metrics dicts, SampleOutputs)."""
     return jax.tree.map(fetch, tree)

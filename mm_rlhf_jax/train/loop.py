@@ -16,9 +16,9 @@ import threading
 from typing import Any, Callable, Protocol
 
 import jax
-from tqdm import tqdm
 
 from mm_rlhf_jax import distributed
+from mm_rlhf_jax.progress import Progress
 from mm_rlhf_jax.sharding import placement
 from mm_rlhf_jax.train.checkpoint import Checkpointer
 from mm_rlhf_jax.train.metrics import MetricWriter, to_python
@@ -96,6 +96,7 @@ def run_loop(
     eval_every: int = 0,
     checkpoint_every: int = 0,
     progress: bool = True,
+    desc: str = "train",
 ):
     """Runs steps [state.step, total_steps) and returns (state, final eval metrics)."""
     start = int(placement.fetch(state.step))
@@ -121,8 +122,8 @@ def run_loop(
     # Every process starts the phase's first step (and its compile) together: on CPU, a collective's peers
     # must connect within 30 s of each other.
     distributed.barrier("run_loop")
-    bar = tqdm(total=total_steps, initial=start, disable=not progress or jax.process_index() != 0,
-               dynamic_ncols=True, desc="train")
+    # A bar on a terminal, else a line per 10% of the steps with steps/s and the loss (progress.Progress).
+    bar = Progress(total_steps, desc, "steps", initial=start, enabled=progress and jax.process_index() == 0)
     eval_metrics = {}
     with _SigtermFlag() as sigterm:
         for step in range(start, total_steps):

@@ -28,6 +28,7 @@ class DataFiles:
     heldout_pairs: str
     heldout_queries: str  # data.jsonl of the held-out split ("" when unknown)
     media_root: str | None
+    media_cache: str | None = None  # validation.MediaChecker's cache (workdir/media_check.json)
 
 
 def prepare_files(d: ml_collections.ConfigDict, init_from: str, workdir: str) -> DataFiles:
@@ -42,10 +43,16 @@ def prepare_files(d: ml_collections.ConfigDict, init_from: str, workdir: str) ->
         root = build_once(storage.join(workdir, "data"), lambda out: mmrlhf.write_dataset(out, cfg))
         split = lambda s, f: storage.join(root, s, f)
         return DataFiles(tokenizer, split("train", "dpo_pairs.jsonl"), split("heldout", "dpo_pairs.jsonl"),
-                         split("heldout", "data.jsonl"), None)
+                         split("heldout", "data.jsonl"), None, media_cache_path(workdir))
     if not d.train or not d.heldout:
         raise ValueError("set data.train and data.heldout (dpo_pairs.jsonl files), or data.synthetic=True")
-    return DataFiles(tokenizer, d.train, d.heldout, d.heldout_queries, d.media_root or None)
+    return DataFiles(tokenizer, d.train, d.heldout, d.heldout_queries, d.media_root or None,
+                     media_cache_path(workdir))
+
+
+def media_cache_path(workdir: str) -> str:
+    """Where a run remembers which media files passed their check (path -> size, mtime)."""
+    return storage.join(workdir, "media_check.json")
 
 
 def image_config(model_config, init_from: str) -> ImageProcessorConfig | None:

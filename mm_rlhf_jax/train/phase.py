@@ -93,7 +93,8 @@ def run_phase(directory: str, ctx: RunContext, *, state_fn: Callable[[], Any], a
             state=state, step_fn=step_fn, data_iter=data_iter,
             put_batch=put or (lambda b: placement.put_batch(b, ctx.mesh)), total_steps=steps, checkpointer=ckpt,
             writer=writer, eval_fn=eval_fn, log_every=log_every, eval_every=eval_every,
-            checkpoint_every=checkpoint_every)
+            checkpoint_every=checkpoint_every,
+            desc="train" if directory == ctx.workdir else storage.basename(directory.rstrip("/")))  # warm_start, ...
     finally:
         ckpt.close()
         if own_writer:

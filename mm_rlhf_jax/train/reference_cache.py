@@ -34,6 +34,7 @@ import logging
 import numpy as np
 
 from mm_rlhf_jax import distributed, storage
+from mm_rlhf_jax.progress import Progress
 from mm_rlhf_jax.sharding import placement
 from mm_rlhf_jax.train import packed_data, pair_data
 
@@ -193,16 +194,28 @@ def fill(cache: ReferenceCache, logps_fn, params_fn, sources, encoder_cfg, d, me
     """
     passes = _packed_pass if d.packing else _unpacked_pass
     params, added = None, 0
-    for source in sources:
-        for local_keys, put, finish in passes(source, encoder_cfg, d, mesh):
-            if not placement.any_process(not all(k in cache for k in local_keys)):
-                continue
-            if params is None:
-                logging.info("computing reference log-probs into %s", cache.path)
-                params = params_fn()
-            keys, logps = finish(placement.fetch(logps_fn(params, put())))
-            cache.add(keys, logps)
-            added += len(keys)
+    # Progress over every pair of every source (cached ones pass quickly): pairs/s and the time left. The
+    # packed pass counts the pairs each batch holds; the unpacked one eval_batch_size per batch (the last
+    # batch's padding repeats are not counted twice: the bar stops at the total).
+    total = sum(len(s) for s in sources)
+    with Progress(total, "reference log-probs", "pairs") as bar:
+        for source in sources:
+            left = len(source)
+            for local_keys, put, finish in passes(source, encoder_cfg, d, mesh):
+                if not placement.any_process(not all(k in cache for k in local_keys)):
+                    step = min(left, d.eval_batch_size) if not d.packing else len(local_keys)
+                    left -= step
+                    bar.update(step)
+                    continue
+                if params is None:
+                    logging.info("computing reference log-probs into %s", cache.path)
+                    params = params_fn()
+                keys, logps = finish(placement.fetch(logps_fn(params, put())))
+                cache.add(keys, logps)
+                added += len(keys)
+                left -= len(keys)
+                bar.update(len(keys))
+                bar.set_postfix({"computed": added})
     if added:
         cache.save()
         distributed.barrier("reference_cache")

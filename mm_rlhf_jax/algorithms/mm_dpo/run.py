@@ -66,7 +66,8 @@ def make_eval_fn(module, files, heldout, encoder_cfg, cache, config, mesh):
     logps_fn = jax.jit(functools.partial(step_lib.policy_logps_step, module=module))
     gen = None
     if e.generation and files.heldout_queries:
-        queries = load_queries(files.heldout_queries, media_root=files.media_root)[: e.num_queries]
+        queries = load_queries(files.heldout_queries, media_root=files.media_root,
+                               media_cache=files.media_cache)[: e.num_queries]
         encoder = ExampleEncoder(encoder_cfg)
         media_root = files.media_root or storage.dirname(files.heldout_queries)
         prompts = [encode_prompt(encoder, q, media_root=media_root) for q in queries]
@@ -89,7 +90,7 @@ def make_eval_fn(module, files, heldout, encoder_cfg, cache, config, mesh):
                "preference_accuracy_by": {k: accuracy_by(g, chosen, rejected) for k, g in groups.items()}}
         if gen is not None:
             queries, prompts, generator = gen
-            texts = generator.texts(params, prompts)
+            texts = generator.texts(params, prompts, progress="generation eval")
             correct = generation.answer_correct(texts, queries, e.answer_checker)
             out["greedy_accuracy"] = float(np.mean(correct))
             out["greedy_accuracy_by_category"] = generation.accuracy_by_category(correct, queries)
@@ -106,9 +107,11 @@ def run(config: ml_collections.ConfigDict, workdir: str):
         module, identity = model_factory.build(config.model, config.seed)
         encoder_cfg = pair_data.encoder_config(d, files.tokenizer, module.config, config.model.init_from,
                                                "preference")
-        train_src = JsonlPairSource(files.train_pairs, include_ties=False, media_root=files.media_root)
+        train_src = JsonlPairSource(files.train_pairs, include_ties=False, media_root=files.media_root,
+                                    media_cache=files.media_cache)
         beta_lib.check_pairs(config.dpo.beta_mode, train_src.records)  # before any compute: no silent fallback
-        heldout_src = JsonlPairSource(files.heldout_pairs, include_ties=False, media_root=files.media_root)
+        heldout_src = JsonlPairSource(files.heldout_pairs, include_ties=False, media_root=files.media_root,
+                                      media_cache=files.media_cache)
         identity = {**identity, **sft.pair_identity(config.warm_start, config.model.trainable, files.train_pairs)}
         ws_encoder = pair_data.encoder_config(d, files.tokenizer, module.config, config.model.init_from,
                                               "preference", max_length=config.warm_start.max_length)

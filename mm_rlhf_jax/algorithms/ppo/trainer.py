@@ -330,4 +330,4 @@ def train_cycles(ctx: phase.RunContext, config: ml_collections.ConfigDict, roles
 def greedy_eval_texts(gen: Generator, params, records: Sequence[PromptRecord],
                       text_fn: Callable[[PromptRecord], str] = lambda r: r.prompt, seed: int = 0) -> list[str]:
     """The policy's answers to `records` (text_fn(record) as the user turn)."""
-    return gen.texts(params, [(r, text_fn(r)) for r in records], seed=seed)
+    return gen.texts(params, [(r, text_fn(r)) for r in records], seed=seed, progress="eval answers")

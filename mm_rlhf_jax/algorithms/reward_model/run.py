@@ -26,7 +26,7 @@ from mm_rlhf_jax.evals.rewardbench import rewardbench_metrics
 from mm_rlhf_jax.models import hf
 from mm_rlhf_jax.models.heads import ModelWithHeads
 from mm_rlhf_jax.sharding import SAMPLING_RULES, placement
-from mm_rlhf_jax.train import model_factory, packed_data, pair_data, phase, sft
+from mm_rlhf_jax.train import model_factory, packed_data, pair_data, phase, reference_cache, sft
 
 HEAD_INITS = ("auto", "fresh", "checkpoint")
 
@@ -74,7 +74,8 @@ def make_eval_fn(inference: RewardModelInference, files, critique: bool):
     inference path) and the same keys suffixed _gt_critique with the teacher
     critiques (the teacher-forced upper bound). Scalar mode: the plain keys.
     """
-    source = JsonlPairSource(files.heldout_pairs, include_ties=False, media_root=files.media_root)
+    source = JsonlPairSource(files.heldout_pairs, include_ties=False, media_root=files.media_root,
+                             media_cache=files.media_cache)
     heldout = source.records
     query_ids = [source[i]["query_id"] for i in range(len(source))]
     groups = pair_groups(heldout)
@@ -82,7 +83,8 @@ def make_eval_fn(inference: RewardModelInference, files, critique: bool):
 
     def eval_fn(params):
         out = {}
-        rewards, generated = inference.rewards(params, heldout, media_root=source.media_root, generate=critique)
+        rewards, generated = inference.rewards(params, heldout, media_root=source.media_root, generate=critique,
+                                               progress="rm eval")
         if critique:
             gt = inference.score_records(params, heldout, media_root=source.media_root)
             out.update({f"{k}_gt_critique": v for k, v in rewardbench_metrics(query_ids, cats, gt[:, 0],
@@ -105,7 +107,8 @@ def run(config: ml_collections.ConfigDict, workdir: str):
         module, _ = build_module(config)
         encoder_cfg = pair_data.encoder_config(d, files.tokenizer, module.trunk.config, config.model.init_from,
                                                MODES[config.reward.mode])
-        train_src = JsonlPairSource(files.train_pairs, include_ties=True, media_root=files.media_root)
+        train_src = JsonlPairSource(files.train_pairs, include_ties=True, media_root=files.media_root,
+                                    media_cache=files.media_cache)
         data_iter = packed_data.train_iterator(train_src, encoder_cfg, d, mesh)  # [B, 2, T] or packed rows
         # The warm start fits the answers themselves ("preference" sequences: the policy prompt, not the
         # critic prompt), like the SFT model the paper's RM is initialised from.
@@ -124,8 +127,12 @@ def run(config: ml_collections.ConfigDict, workdir: str):
             seed=config.seed + 1, steps=t.steps, log_every=t.log_every, checkpoint_every=t.checkpoint_every,
             max_to_keep=t.max_checkpoints, eval_fn=make_eval_fn(inference, files, critique),
             eval_every=t.eval_every, writer=ctx.writer)
-        scored = score_file(inference, result.state.params, config.score, critique=critique) \
-            if config.score.input else None
+        scored = None
+        if config.score.input:
+            # Parts of an earlier scoring pass are reused only by the same model (config and steps).
+            model = {k: v for k, v in config.to_dict().items() if k != "score"}
+            scored = score_file(inference, result.state.params, config.score, critique=critique, workdir=workdir,
+                                identity={"model": reference_cache.reference_id(model)}).path
         out = {k: v for k, v in result.final.items() if k != "critique_examples"}
         out.update(steps=t.steps, mode=config.reward.mode, reward_head_init=head_source(config))
         if scored:

@@ -14,7 +14,8 @@ each written at once (storage.write_atomic: a crash loses at most the batch bein
 written, and it works on object stores, which cannot append). Re-running reads
 what is there and generates only the missing items, in the same batches and with
 the same per-batch sampling seeds as an uninterrupted run, so a resumed run writes
-the same data. Progress is shown with tqdm per stage.
+the same data. Progress is shown per stage (progress.Progress: a bar on
+a terminal, periodic lines with items/s elsewhere).
 
 Several processes: every process runs every generation (the generator is
 collective) and holds every record; process 0 alone writes, and the others
@@ -28,11 +29,11 @@ import zlib
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from mm_rlhf_jax import distributed, storage
 from mm_rlhf_jax.data.longpo import chunking, prompts
 from mm_rlhf_jax.data.longpo.filters import FilterConfig, answer_problem
+from mm_rlhf_jax.progress import Progress
 
 
 class TextGenerator(Protocol):
@@ -112,8 +113,8 @@ def run_stage(name: str, stage: JsonlStage, items: Sequence[dict], make_prompt: 
     if not missing:
         return
     logging.info("longpo data: %s: %d of %d items to generate", name, missing, len(items))
-    bar = tqdm(total=len(items), initial=len(items) - missing, desc=f"longpo {name}",
-               disable=not progress or not distributed.is_primary(), dynamic_ncols=True)
+    bar = Progress(len(items), f"longpo {name}", "items", initial=len(items) - missing,
+                   enabled=progress and distributed.is_primary())
     for start in todo:
         batch = [it for it in items[start:start + bs] if it["key"] not in stage]
         outs = generator([make_prompt(it) for it in batch], seed=_stable_seed(seed, name, start))
