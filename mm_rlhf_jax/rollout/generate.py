@@ -69,8 +69,8 @@ def bucket_length(n: int, minimum: int = 64) -> int:
 
 
 def apply_fn(module) -> Callable[..., Any]:
-    """The sampler's apply_fn for a Flax model (Decoder, LLaVA-OV, ModelWithHeads)."""
-    return lambda p, ids, **kw: module.apply({"params": p}, ids, compute_logits=True, **kw)
+    """The sampler's apply_fn for a Flax model (Decoder, LLaVA-OV, ModelWithHeads): next-token logits only."""
+    return lambda p, ids, **kw: module.apply({"params": p}, ids, compute_logits="last", **kw)
 
 
 def prefill_inputs(batch: dict) -> dict:
