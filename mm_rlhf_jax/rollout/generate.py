@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mm_rlhf_jax.rollout.sampler import SampleOutput, left_pad, sample
+from mm_rlhf_jax.rollout import weights
 from mm_rlhf_jax.rollout.strategies import SamplingConfig
 from mm_rlhf_jax.sharding import placement
 
@@ -125,17 +126,21 @@ class Generator:
       min_bucket: the smallest length bucket.
       param_shardings: the layout to sample in (None: the parameters' own).
       cache_dtype: KV-cache dtype (None: the module's compute dtype).
+      weights_dtype: the dtype `prepare` casts weight matrices to ("compute": the module's compute
+        dtype, see rollout.weights; None: keep the parameters' own).
     """
 
     def __init__(self, module, tokenizer, mesh, *, max_new_tokens: int, batch_size: int,
                  encode: Callable[[Any], Prompt] | None = None, sampling: SamplingConfig = SamplingConfig("greedy"),
                  stop_ids: Sequence[int] | None = None, prompt_length: int | None = None, min_bucket: int = 64,
-                 param_shardings=None, cache_dtype=None):
+                 param_shardings=None, cache_dtype=None, weights_dtype: Any = "compute"):
         placement.check_rows(batch_size, mesh, "generation batch size")
         self.module, self.tokenizer, self.mesh = module, tokenizer, mesh
         self.max_new_tokens, self.batch_size, self.sampling = max_new_tokens, batch_size, sampling
         self.prompt_length, self.min_bucket, self.param_shardings = prompt_length, min_bucket, param_shardings
         self._encode = encode
+        compute = isinstance(weights_dtype, str) and weights_dtype == "compute"
+        self.weights_dtype = weights.compute_dtype(module) if compute else weights_dtype
         self.stop_ids = tuple(int(s) for s in (stop_ids if stop_ids is not None else [tokenizer.eos_token_id]))
         self.pad_id = int(tokenizer.pad_token_id)
         self.trace_count = 0  # sampler compiles (one per prompt shape)
@@ -188,8 +193,10 @@ class Generator:
     # ------------------------------------------------------------------------------------------ sampling
 
     def prepare(self, params):
-        """Parameters in the sampling layout (an explicit reshard when param_shardings is set)."""
-        return params if self.param_shardings is None else placement.reshard(params, self.param_shardings)
+        """Parameters in the sampling layout (an explicit reshard when param_shardings is set), weight
+        matrices in weights_dtype (one cast here, not one per decode step)."""
+        params = params if self.param_shardings is None else placement.reshard(params, self.param_shardings)
+        return weights.cast_weights(params, self.weights_dtype)
 
     def sample(self, params, batch: dict, rng, fold=0, num_samples: int = 1) -> SampleOutput:
         """SampleOutput (global arrays) for a collated batch: host arrays every process holds in full, or
