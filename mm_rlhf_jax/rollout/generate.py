@@ -4,6 +4,7 @@
                     max_new_tokens=16, batch_size=8)
     outs = gen(params, items, seed=0)        # list[Generation]: text, tokens, logprobs, truncated
     texts = gen.texts(params, items)
+    groups = gen(params, items, num_samples=4)   # 4 consecutive Generations per item, one prefill each
 
 Every caller that turns prompts into text goes through here: critique-RM
 inference, GenRM judging, PPO / Align-Pro rollouts (`sample` on encoded device
