@@ -117,4 +117,7 @@ def test_num_samples_share_the_prefill(setup):
     for a, b in zip(grouped, repeated):
         np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
     assert set(gen._jits) == {1, 2}
-    assert [g.tokens for g in gen(params, convs[:3], seed=4, num_samples=3)][:2] != []  # falls back, runs
+    thrice = gen(params, convs[:2], seed=4, num_samples=3)  # 8 rows cannot hold groups of 3: items repeated
+    assert [g.tokens for g in thrice] == [g.tokens for g in gen(params, [c for c in convs[:2] for _ in range(3)],
+                                                                   seed=4)]
+    assert set(gen._jits) == {1, 2}
