@@ -170,3 +170,20 @@ def test_shared_prefill_equals_repeated_prompts(model_params):
     np.testing.assert_array_equal(shared.mask, repeated.mask)
     np.testing.assert_allclose(shared.logprobs, repeated.logprobs, atol=1e-5)
     assert len({tuple(r) for r in np.asarray(shared.tokens)[:k]}) > 1  # a group's samples differ
+
+
+def test_scan_layers_sampler_equals_unrolled(model_params):
+    """A scan_layers decoder (one stacked cache: grown per chunk, rows repeated per group) samples the same."""
+    model, params = model_params
+    scanned = Decoder(model.config.replace(scan_layers=True))
+    stacked = {**{k: v for k, v in params.items() if not k.startswith("layers_")},
+               "layers": jax.tree.map(lambda *x: jnp.stack(x), params["layers_0"], params["layers_1"])}
+    ids, mask = _ragged_prompts()
+    outs = []
+    for m, p in ((model, params), (scanned, stacked)):
+        init_cache = functools.partial(m.init_cache, dtype=jnp.float32)
+        outs.append(jax.jit(functools.partial(
+            sample, apply_fn(m), init_cache=init_cache, max_new_tokens=40, stop_ids=[-1],
+            sampling=SamplingConfig("temperature", 1.5), num_samples=2))(p, ids, mask, rng=jax.random.PRNGKey(5)))
+    np.testing.assert_array_equal(outs[1].tokens, outs[0].tokens)
+    np.testing.assert_allclose(outs[1].logprobs, outs[0].logprobs, atol=1e-5)
