@@ -21,6 +21,9 @@ from mm_rlhf_jax.models.outputs import KVCache, ModelOutput
 from mm_rlhf_jax.sharding.rules import constrain
 
 BTE = ("act_batch", "act_seq", "act_embed")
+# With a KV cache, query blocks up to this long use kernels.decode_attention ([B, Hq, T, S] scores);
+# longer ones (a prefill) the blocked kernels.
+DECODE_QUERIES = 16
 
 
 @flax.struct.dataclass
@@ -51,20 +54,28 @@ class Attention(nn.Module):
         q = constrain(rope.apply_rope(q, ctx.positions, inv_freq), ("act_batch", "act_seq", "act_heads", None))
         k = constrain(rope.apply_rope(k, ctx.positions, inv_freq), ("act_batch", "act_seq", "act_kv_heads", None))
 
-        kv_segment_ids, q_offset, new_kv = None, 0, None
-        if kv_layer is not None:
-            # Write this call's keys/values at cache_index, then attend over the whole cache.
+        if kv_layer is None:
+            out = kernels.attention(q, k, v, segment_ids=ctx.segment_ids, branch_ids=ctx.branch_ids, causal=True,
+                                    sliding_window=self.window, impl=cfg.attention_impl)
+            new_kv = None
+        else:
+            # Write this call's keys/values at cache_index in place (head-major [B, Hkv, S, D]), then attend
+            # over the cache. A few queries (a decode step) read the head-major cache directly; a long
+            # prefill goes through the blocked kernels on a [B, S, Hkv, D] view.
             k_cache, v_cache = kv_layer
-            at = (0, ctx.cache_index, 0, 0)
-            k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), at)
-            v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), at)
-            new_kv = (k, v)
-            kv_segment_ids, q_offset = ctx.kv_segment_ids, ctx.cache_index
-        out = kernels.attention(
-            q, k.astype(q.dtype), v.astype(q.dtype), segment_ids=ctx.segment_ids,
-            kv_segment_ids=kv_segment_ids, branch_ids=ctx.branch_ids, causal=True,
-            q_offset=q_offset, sliding_window=self.window, impl=cfg.attention_impl,
-        )
+            at = (0, 0, ctx.cache_index, 0)
+            k_cache = jax.lax.dynamic_update_slice(k_cache, k.transpose(0, 2, 1, 3).astype(k_cache.dtype), at)
+            v_cache = jax.lax.dynamic_update_slice(v_cache, v.transpose(0, 2, 1, 3).astype(v_cache.dtype), at)
+            new_kv = (k_cache, v_cache)
+            if q.shape[1] <= DECODE_QUERIES:
+                out = kernels.decode_attention(q, k_cache, v_cache, segment_ids=ctx.segment_ids,
+                                               kv_segment_ids=ctx.kv_segment_ids, q_offset=ctx.cache_index,
+                                               sliding_window=self.window)
+            else:
+                seq_major = lambda c: c.transpose(0, 2, 1, 3).astype(q.dtype)  # noqa: E731
+                out = kernels.attention(q, seq_major(k_cache), seq_major(v_cache), segment_ids=ctx.segment_ids,
+                                        kv_segment_ids=ctx.kv_segment_ids, causal=True, q_offset=ctx.cache_index,
+                                        sliding_window=self.window, impl=cfg.attention_impl)
         out = checkpoint_name(out, layers.ATTENTION_OUT)  # kept by the "attention" remat policy
         out = layers.Linear((cfg.num_heads, d), (cfg.hidden_size,), ("heads", "head_dim", "embed"),
                             use_bias=cfg.o_bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype, std=std,
@@ -158,7 +169,7 @@ class Decoder(nn.Module):
         segment_ids=None,
         branch_ids=None,
         cache: KVCache | None = None,
-        compute_logits: bool = True,
+        compute_logits: bool | str = True,
     ) -> ModelOutput:
         """Runs the decoder.
 
@@ -170,6 +181,7 @@ class Decoder(nn.Module):
           cache: a KVCache to read and extend (prefill or decode).
           compute_logits: False skips the LM head; training takes log-probs from
             `hidden_states` with kernels.token_logprobs instead of [B, T, V] logits.
+            "last": logits at the last position only, f32[B, 1, V] (the sampler's prefill).
         """
         cfg = self.config
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(cfg.dtype)
@@ -190,20 +202,23 @@ class Decoder(nn.Module):
             kv = (cache.k, cache.v)
 
         if cfg.scan_layers:
-            x, new_kv = self.layers(x, kv, ctx)
+            x, new_kv = self.layers(x, kv, ctx)  # stacked [L, B, Hkv, S, D] in and out
         else:
+            # One buffer per layer (a tuple): each is updated in place, no stacking copy per step.
             new_layers = []
             for i, layer in enumerate(self.layers):
                 x, layer_kv = layer(x, None if kv is None else (kv[0][i], kv[1][i]), ctx)
                 new_layers.append(layer_kv)
-            new_kv = None if kv is None else tuple(jnp.stack(z) for z in zip(*new_layers))
+            new_kv = None if kv is None else tuple(tuple(z) for z in zip(*new_layers))
 
         hidden = self.norm(x)
         new_cache = None
         if cache is not None:
             new_cache = KVCache(k=new_kv[0], v=new_kv[1], segment_ids=ctx.kv_segment_ids, index=cache.index + t)
         logits = None
-        if compute_logits:
+        if compute_logits == "last":  # sampling: the next-token logits only, never [B, T, V]
+            logits = self.logits(hidden[:, -1:])
+        elif compute_logits:
             logits = self.logits(hidden)
         elif self.is_initializing():
             self.logits(hidden)  # initialising without logits must still create the LM-head parameters
@@ -234,4 +249,6 @@ def lm_head_weight(cfg: DecoderConfig, params) -> jax.Array:
 
 
 def init_cache(cfg: DecoderConfig, batch: int, max_len: int, dtype=None) -> KVCache:
-    return KVCache.empty(cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_size, dtype or cfg.dtype)
+    """An empty cache in `dtype` (default: the compute dtype), stacked over layers for a scan_layers decoder."""
+    return KVCache.empty(cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_size, dtype or cfg.dtype,
+                         stacked=cfg.scan_layers)

@@ -99,7 +99,7 @@ class ModelWithHeads(nn.Module):
     value_head: ValueHead | None = None
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask=None, *, deterministic: bool = True, compute_logits: bool = False,
+    def __call__(self, input_ids, attention_mask=None, *, deterministic: bool = True, compute_logits: bool | str = False,
                  **trunk_kwargs) -> HeadsOutput:
         """Runs the trunk once; extra kwargs (pixel_values, positions, ...) go to the trunk."""
         out = self.trunk(input_ids, attention_mask=attention_mask, compute_logits=compute_logits, **trunk_kwargs)

@@ -306,7 +306,7 @@ class LlavaOnevision(nn.Module):
         segment_ids=None,
         branch_ids=None,
         cache: KVCache | None = None,
-        compute_logits: bool = True,
+        compute_logits: bool | str = True,
         packed_media: PackedMedia | None = None,
     ) -> ModelOutput:
         """Full forward: `encode_vision` (unless `vision_features` is given), merge, decoder.

@@ -4,6 +4,7 @@
                     max_new_tokens=16, batch_size=8)
     outs = gen(params, items, seed=0)        # list[Generation]: text, tokens, logprobs, truncated
     texts = gen.texts(params, items)
+    groups = gen(params, items, num_samples=4)   # 4 consecutive Generations per item, one prefill each
 
 Every caller that turns prompts into text goes through here: critique-RM
 inference, GenRM judging, PPO / Align-Pro rollouts (`sample` on encoded device
@@ -45,6 +46,7 @@ import numpy as np
 
 from mm_rlhf_jax.progress import Progress
 from mm_rlhf_jax.rollout.sampler import SampleOutput, left_pad, sample
+from mm_rlhf_jax.rollout import weights
 from mm_rlhf_jax.rollout.strategies import SamplingConfig
 from mm_rlhf_jax.sharding import placement
 
@@ -88,8 +90,8 @@ def fixed_buckets(max_length: int, count: int = 4, minimum: int = 64) -> tuple[i
 
 
 def apply_fn(module) -> Callable[..., Any]:
-    """The sampler's apply_fn for a Flax model (Decoder, LLaVA-OV, ModelWithHeads)."""
-    return lambda p, ids, **kw: module.apply({"params": p}, ids, compute_logits=True, **kw)
+    """The sampler's apply_fn for a Flax model (Decoder, LLaVA-OV, ModelWithHeads): next-token logits only."""
+    return lambda p, ids, **kw: module.apply({"params": p}, ids, compute_logits="last", **kw)
 
 
 def prefill_inputs(batch: dict) -> dict:
@@ -146,12 +148,15 @@ class Generator:
       min_bucket: the smallest length bucket (bucket_length).
       param_shardings: the layout to sample in (None: the parameters' own).
       cache_dtype: KV-cache dtype (None: the module's compute dtype).
+      weights_dtype: the dtype `prepare` casts weight matrices to ("compute": the module's compute
+        dtype, see rollout.weights; None: keep the parameters' own).
     """
 
     def __init__(self, module, tokenizer, mesh, *, max_new_tokens: int, batch_size: int,
                  encode: Callable[[Any], Prompt] | None = None, sampling: SamplingConfig = SamplingConfig("greedy"),
                  stop_ids: Sequence[int] | None = None, prompt_length: int | None = None,
-                 buckets: Sequence[int] | None = None, min_bucket: int = 64, param_shardings=None, cache_dtype=None):
+                 buckets: Sequence[int] | None = None, min_bucket: int = 64, param_shardings=None, cache_dtype=None,
+                 weights_dtype: Any = "compute"):
         if prompt_length is not None and buckets is not None:
             raise ValueError("give prompt_length (one fixed length) or buckets, not both")
         placement.check_rows(batch_size, mesh, "generation batch size")
@@ -160,20 +165,37 @@ class Generator:
         self.prompt_length, self.min_bucket, self.param_shardings = prompt_length, min_bucket, param_shardings
         self.buckets = tuple(sorted(buckets)) if buckets is not None else None
         self._encode = encode
+        compute = isinstance(weights_dtype, str) and weights_dtype == "compute"
+        self.weights_dtype = weights.compute_dtype(module) if compute else weights_dtype
         self.stop_ids = tuple(int(s) for s in (stop_ids if stop_ids is not None else [tokenizer.eos_token_id]))
         self.pad_id = int(tokenizer.pad_token_id)
         self.trace_count = 0  # sampler compiles (one per prompt shape)
-        init_cache = functools.partial(module.init_cache, dtype=cache_dtype)
-        rows2, rows1 = placement.row_sharding(mesh, 2), placement.row_sharding(mesh, 1)
+        self._init_cache = functools.partial(module.init_cache, dtype=cache_dtype)
+        self._jits: dict[int, Callable] = {}
+        self._sample = self.sample_fn(1)
 
-        def run(params, batch, rng, fold):
-            self.trace_count += 1  # Python side effect: runs once per trace
-            return sample(apply_fn(module), params, batch["prompt_ids"], batch["prompt_mask"], init_cache,
-                          max_new_tokens=max_new_tokens, stop_ids=self.stop_ids, rng=jax.random.fold_in(rng, fold),
-                          sampling=sampling, prefill_kwargs=prefill_inputs(batch))
+    def sample_fn(self, num_samples: int) -> Callable:
+        """The jitted sampler (params, batch, rng, fold) -> SampleOutput for `num_samples` rows per prompt
+        (one jit per group size; a batch of B prompts gives B * num_samples rows)."""
+        if num_samples not in self._jits:
+            rows2, rows1 = placement.row_sharding(self.mesh, 2), placement.row_sharding(self.mesh, 1)
 
-        self._sample = jax.jit(run, out_shardings=SampleOutput(tokens=rows2, logprobs=rows2, mask=rows2,
-                                                               lengths=rows1))
+            def run(params, batch, rng, fold):
+                self.trace_count += 1  # Python side effect: runs once per trace
+                return sample(apply_fn(self.module), params, batch["prompt_ids"], batch["prompt_mask"],
+                              self._init_cache, max_new_tokens=self.max_new_tokens, stop_ids=self.stop_ids,
+                              rng=jax.random.fold_in(rng, fold), sampling=self.sampling,
+                              prefill_kwargs=prefill_inputs(batch), num_samples=num_samples)
+
+            self._jits[num_samples] = jax.jit(run, out_shardings=SampleOutput(
+                tokens=rows2, logprobs=rows2, mask=rows2, lengths=rows1))
+        return self._jits[num_samples]
+
+    def shares_prefill(self, num_samples: int) -> bool:
+        """Can a call's num_samples rows per prompt share one prefill? The batch_size rows must hold whole
+        groups, and the batch_size / num_samples prompts must split over the mesh's batch axes."""
+        prompts, rest = divmod(self.batch_size, num_samples)
+        return num_samples > 1 and not rest and prompts % placement.batch_size_divisor(self.mesh) == 0
 
     # ------------------------------------------------------------------------------------------ encoding
 
@@ -204,12 +226,18 @@ class Generator:
     # ------------------------------------------------------------------------------------------ sampling
 
     def prepare(self, params):
-        """Parameters in the sampling layout (an explicit reshard when param_shardings is set)."""
-        return params if self.param_shardings is None else placement.reshard(params, self.param_shardings)
+        """Parameters in the sampling layout (an explicit reshard when param_shardings is set), weight
+        matrices in weights_dtype (one cast here, not one per decode step)."""
+        params = params if self.param_shardings is None else placement.reshard(params, self.param_shardings)
+        return weights.cast_weights(params, self.weights_dtype)
 
-    def sample(self, params, batch: dict, rng, fold=0) -> SampleOutput:
+    def sample(self, params, batch: dict, rng, fold=0, num_samples: int = 1) -> SampleOutput:
         """SampleOutput (global arrays) for a collated batch: host arrays every process holds in full, or
         global arrays already on the mesh.
+
+        num_samples > 1: `batch` holds each prompt once and rows [i*k, (i+1)*k) of the output are
+        prompt i's k samples (its prefill shared); the same output as a batch with every prompt
+        repeated k times (same rng and fold).
 
         params must already be in the sampling layout (see prepare); rng is a
         PRNG key and fold an int folded into it on device (host values, or
@@ -220,7 +248,7 @@ class Generator:
             batch = placement.put_global_batch(batch, self.mesh)
         rng = rng if on_mesh(rng) else placement.put_replicated(np.asarray(rng), self.mesh)
         fold = fold if on_mesh(fold) else placement.put_replicated(np.int32(fold), self.mesh)
-        return self._sample(params, batch, rng, fold)
+        return self.sample_fn(num_samples)(params, batch, rng, fold)
 
     def _generations(self, res: SampleOutput, n: int) -> list[Generation]:
         """The first n rows of a fetched SampleOutput as Generations."""
@@ -234,19 +262,35 @@ class Generator:
                 truncated=not (tokens and tokens[-1] in self.stop_ids)))
         return out
 
-    def __call__(self, params, items: Sequence, *, seed: int = 0) -> list[Generation]:
+    def __call__(self, params, items: Sequence, *, seed: int = 0, num_samples: int = 1,
+                 progress: str | None = None) -> list[Generation]:
+        """Generations for items, num_samples consecutive ones per item (GRPO / RLOO groups, Pre-PPO
+        scoring, best-of-N): one prefill per item where shares_prefill(num_samples), else the item is
+        repeated; the output is the same either way. progress: the label of a progress bar (or lines)
+        over the items, on process 0."""
         prompts = [self.encode(it) for it in items]
         if not prompts:
             return []
+        k = num_samples if self.shares_prefill(num_samples) else 1
+        if k != num_samples:
+            prompts = [p for p in prompts for _ in range(num_samples)]
         params = self.prepare(params)
         rng = np.asarray(jax.random.PRNGKey(seed))
+        per_call = self.batch_size // k
         out: list[Generation] = []
-        for start in range(0, len(prompts), self.batch_size):
-            chunk = prompts[start:start + self.batch_size]
+        bar = Progress(len(items), progress, "items") if progress else None
+        for start in range(0, len(prompts), per_call):
+            chunk = prompts[start:start + per_call]
             n = len(chunk)
-            chunk = chunk + [chunk[0]] * (self.batch_size - n)  # static batch shape: pad with a repeat
+            chunk = chunk + [chunk[0]] * (per_call - n)  # static batch shape: pad with a repeat
             batch = collate_prompts(chunk, self.pad_id, self.length_for(chunk))
-            out.extend(self._generations(placement.fetch_tree(self.sample(params, batch, rng, start)), n))
+            # fold = the call's first row, as if every prompt were repeated k times.
+            res = placement.fetch_tree(self.sample(params, batch, rng, start * k, num_samples=k))
+            out.extend(self._generations(res, n * k))
+            if bar is not None:
+                bar.update(n * k // num_samples)
+        if bar is not None:
+            bar.close()
         return out
 
     def sample_rows(self, params, prompts: Sequence[Prompt], *, seed: int = 0, fold: int = 0) -> list[Generation]:
@@ -268,8 +312,9 @@ class Generator:
         res = placement.fetch_tree(self.sample(params, batch, np.asarray(jax.random.PRNGKey(seed)), fold))
         return self._generations(res, self.batch_size)
 
-    def texts(self, params, items: Sequence, *, seed: int = 0) -> list[str]:
-        return [g.text for g in self(params, items, seed=seed)]
+    def texts(self, params, items: Sequence, *, seed: int = 0, num_samples: int = 1,
+              progress: str | None = None) -> list[str]:
+        return [g.text for g in self(params, items, seed=seed, num_samples=num_samples, progress=progress)]
 
     def bind(self, params) -> "BoundGenerator":
         """This generator with fixed parameters: bound(items, seed) -> list[Generation]."""
@@ -315,12 +360,13 @@ def generate_tokens(model, params, prompts: Sequence[Sequence[int]], *, max_new_
     mesh = getattr(getattr(leaf, "sharding", None), "mesh", None)
     if mesh is None or not hasattr(mesh, "shape"):
         mesh = make_mesh({"fsdp": 1}, devices=list(leaf.devices())[:1])
-    rows = [list(map(int, p)) for p in prompts for _ in range(num_samples)]
+    rows = len(prompts) * num_samples
     divisor = int(np.prod([mesh.shape[a] for a in ("data", "fsdp")]))
-    size = min(batch_size, -(-len(rows) // divisor) * divisor)
+    size = min(batch_size, -(-rows // divisor) * divisor)
     size = -(-size // divisor) * divisor
     stops = tuple(int(s) for s in stop_ids)
     gen = Generator(model, _TokenIds(pad_id, stops), mesh, max_new_tokens=max_new_tokens, batch_size=size,
                     sampling=SamplingConfig(sampling, temperature), stop_ids=stops or (-1,))
-    out = gen(params, [{"prompt_ids": np.asarray(r, np.int32)} for r in rows], seed=seed)
+    items = [{"prompt_ids": np.asarray(list(map(int, p)), np.int32)} for p in prompts]
+    out = gen(params, items, seed=seed, num_samples=num_samples)
     return [list(g.tokens) for g in out]

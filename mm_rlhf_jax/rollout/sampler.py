@@ -5,9 +5,23 @@ cache slot and all rows decode in lockstep; each row still gets its own RoPE
 positions (0 at its first real token). Rows stop independently at a stop
 token; the loop exits early once every row has stopped.
 
+What keeps a decode step cheap (bench/rollout_vs_hf.py):
+- the whole loop is `lax.while_loop`s inside one jit: no per-token host work;
+- the cache is a loop carry updated with dynamic_update_slice, one buffer per
+  layer, so XLA updates it in place (no copy of the cache per token);
+- decode attention reads only the filled part of the cache: the loop runs in a
+  few static chunks and the cache grows by one chunk between them (one copy per
+  chunk), so chunk c attends over prompt + (c + 1) * chunk slots, not the
+  whole prompt + max_new_tokens;
+- the model returns next-token logits only (compute_logits="last"): the prefill
+  never builds [B, P, V] logits, a step only f32[B, V];
+- num_samples > 1 prefills each prompt once and repeats its cache rows for the
+  group (GRPO / RLOO groups, Pre-PPO scoring, best-of-N).
+
 Works for any model whose apply takes (input_ids, positions=, segment_ids=,
 cache=, **extra) and returns an object with .logits and .cache (the Decoder,
-the LLaVA-OV VLM; multimodal inputs go in `prefill_kwargs`).
+the LLaVA-OV VLM; multimodal inputs go in `prefill_kwargs`). A cache that is
+not a models.outputs.KVCache decodes in one chunk over its full length.
 """
 
 from typing import Any, Callable, Sequence
@@ -17,7 +31,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mm_rlhf_jax.models.outputs import KVCache
 from mm_rlhf_jax.rollout.strategies import SamplingConfig, select
+
+# Decode chunks per call (for max_new_tokens >= 2 * MIN_CHUNK): more chunks attend over less empty
+# cache but compile the step body once per chunk.
+NUM_CHUNKS = 4
+MIN_CHUNK = 16
 
 
 @flax.struct.dataclass
@@ -45,6 +65,13 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, length: int | None
     return ids, mask
 
 
+def decode_chunks(max_new_tokens: int, num_chunks: int = NUM_CHUNKS) -> list[int]:
+    """Static end steps of the decode chunks, e.g. 128 -> [32, 64, 96, 128]; short runs: one chunk."""
+    n = max(1, min(num_chunks, max_new_tokens // MIN_CHUNK))
+    size = -(-max_new_tokens // n)
+    return [min(max_new_tokens, size * (c + 1)) for c in range(n)]
+
+
 def sample(
     apply_fn: Callable[..., Any],
     params,
@@ -57,45 +84,66 @@ def sample(
     rng,
     sampling: SamplingConfig = SamplingConfig(),
     prefill_kwargs: dict | None = None,
+    num_samples: int = 1,
+    num_chunks: int = NUM_CHUNKS,
 ) -> SampleOutput:
     """Samples up to max_new_tokens continuations (call under jax.jit with static settings).
 
     Args:
-      apply_fn: (params, input_ids, *, positions, segment_ids, cache, **kw) -> output with .logits/.cache.
+      apply_fn: (params, input_ids, *, positions, segment_ids, cache, **kw) -> output with .logits/.cache
+        (logits [B, T, V] or [B, 1, V]: only the last position is used).
       prompt_ids, prompt_mask: int32[B, P], left-padded (see left_pad).
       init_cache: (batch, max_len) -> an empty KV cache.
       stop_ids: token ids that end a row (e.g. eos, <|im_end|>).
+      num_samples: k rows per prompt (consecutive): the prompts are prefilled once, their cache
+        repeated k times; same outputs as passing each prompt k times (same rng).
+      num_chunks: static decode chunks (see decode_chunks); 1 attends over the whole cache every step.
+    Returns:
+      SampleOutput with B * num_samples rows.
     """
     b, p = prompt_ids.shape
+    rows = b * num_samples
     stop_ids = jnp.asarray(stop_ids, jnp.int32)
+    ends = decode_chunks(max_new_tokens, num_chunks)
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=-1) - 1, 0).astype(jnp.int32)
-    out = apply_fn(params, prompt_ids, positions=positions, segment_ids=prompt_mask.astype(jnp.int32),
-                   cache=init_cache(b, p + max_new_tokens), **(prefill_kwargs or {}))
-    next_pos = positions[:, -1] + 1
+    cache = init_cache(b, p + ends[0])
+    if not isinstance(cache, KVCache):  # a cache we cannot grow: one chunk over its full length
+        ends, cache = [max_new_tokens], init_cache(b, p + max_new_tokens)
+    out = apply_fn(params, prompt_ids, positions=positions, segment_ids=prompt_mask.astype(jnp.int32), cache=cache,
+                   **(prefill_kwargs or {}))
+    logits, cache, next_pos = out.logits[:, -1], out.cache, positions[:, -1] + 1
+    if num_samples > 1:  # share each prompt's prefill with its group: rows [i*k, (i+1)*k) are prompt i
+        logits, next_pos = jnp.repeat(logits, num_samples, 0), jnp.repeat(next_pos, num_samples, 0)
+        cache = cache.repeat_rows(num_samples) if isinstance(cache, KVCache) else jax.tree.map(
+            lambda x: jnp.repeat(x, num_samples, 0) if jnp.ndim(x) else x, cache)
+
+    # Step 0 samples from the prefill's logits; step i >= 1 runs the model on token i - 1, then samples.
+    key, sub = jax.random.split(rng)
+    token, logp = select(logits, sub, sampling)
+    toks = jnp.zeros((rows, max_new_tokens), jnp.int32).at[:, 0].set(token)
+    logps = jnp.zeros((rows, max_new_tokens), jnp.float32).at[:, 0].set(logp)
+    done = jnp.isin(token, stop_ids)
 
     def body(carry):
-        i, cache, logits, pos, done, key, toks, logps = carry
+        i, cache, token, pos, done, key, toks, logps = carry
+        step = apply_fn(params, token[:, None], positions=pos[:, None], segment_ids=jnp.ones((rows, 1), jnp.int32),
+                        cache=cache)
         key, sub = jax.random.split(key)
-        token, logp = select(logits, sub, sampling)
+        token, logp = select(step.logits[:, -1], sub, sampling)
         token = jnp.where(done, 0, token)
-        toks = toks.at[:, i].set(token)
-        logps = logps.at[:, i].set(jnp.where(done, 0.0, logp))
-        stopped = done | jnp.isin(token, stop_ids)
-        step = apply_fn(params, token[:, None], positions=pos[:, None],
-                        segment_ids=jnp.ones((b, 1), jnp.int32), cache=cache)
-        return (i + 1, step.cache, step.logits[:, -1], pos + 1, stopped, key, toks, logps), done
+        toks = jax.lax.dynamic_update_slice(toks, token[:, None], (0, i))
+        logps = jax.lax.dynamic_update_slice(logps, jnp.where(done, 0.0, logp)[:, None], (0, i))
+        return i + 1, step.cache, token, pos + 1, done | jnp.isin(token, stop_ids), key, toks, logps
 
-    def cond(carry):
-        i, done = carry[0], carry[4]
-        return (i < max_new_tokens) & ~jnp.all(done)
-
-    init = (jnp.zeros((), jnp.int32), out.cache, out.logits[:, -1], next_pos, jnp.zeros((b,), bool), rng,
-            jnp.zeros((b, max_new_tokens), jnp.int32), jnp.zeros((b, max_new_tokens), jnp.float32))
-    final = jax.lax.while_loop(cond, lambda c: body(c)[0], init)
-    toks, logps = final[6], final[7]
+    carry = (jnp.ones((), jnp.int32), cache, token, next_pos, done, key, toks, logps)
+    for c, end in enumerate(ends):
+        if c:
+            carry = carry[:1] + (carry[1].grow(end - ends[c - 1]),) + carry[2:]
+        cond = lambda carry, end=end: (carry[0] < end) & ~jnp.all(carry[4])  # noqa: E731
+        carry = jax.lax.while_loop(cond, body, carry)
+    steps_run, toks, logps = carry[0], carry[6], carry[7]
     is_stop = jnp.isin(toks, stop_ids)
     # Tokens up to and including the first stop token are generated; later slots were never filled.
     after_stop = jnp.cumsum(is_stop, axis=-1) - is_stop > 0
-    steps_run = final[0]
     mask = (~after_stop & (jnp.arange(max_new_tokens)[None] < steps_run)).astype(jnp.int32)
     return SampleOutput(tokens=toks * mask, logprobs=logps * mask, mask=mask, lengths=mask.sum(-1))

@@ -102,3 +102,22 @@ def test_prompt_length_and_batch_errors(setup):
         gen(params, convs[:1])
     with pytest.raises(ValueError, match="generation batch size = 6 rows must divide evenly"):
         Generator(model, tok, mesh, max_new_tokens=NEW, batch_size=6)
+
+
+def test_num_samples_share_the_prefill(setup):
+    """gen(items, num_samples=k) == gen(each item repeated k times): same rows, keys and outputs, with one
+    prefill per item (the k-row sampler); a batch that cannot hold whole groups repeats the items."""
+    tok, model, mesh, params, convs = setup
+    kw = dict(max_new_tokens=NEW, encode=chat_encoder(tok), sampling=SamplingConfig("temperature", 1.5))
+    gen = Generator(model, tok, mesh, batch_size=8, **kw)
+    assert gen.shares_prefill(2) and not gen.shares_prefill(3)  # 4 prompts split over data x fsdp = 4; 8/3 no
+    grouped = gen(params, convs[:3], seed=4, num_samples=2)
+    repeated = gen(params, [c for c in convs[:3] for _ in range(2)], seed=4)
+    assert [g.tokens for g in grouped] == [g.tokens for g in repeated]
+    for a, b in zip(grouped, repeated):
+        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+    assert set(gen._jits) == {1, 2}
+    thrice = gen(params, convs[:2], seed=4, num_samples=3)  # 8 rows cannot hold groups of 3: items repeated
+    assert [g.tokens for g in thrice] == [g.tokens for g in gen(params, [c for c in convs[:2] for _ in range(3)],
+                                                                   seed=4)]
+    assert set(gen._jits) == {1, 2}

@@ -54,7 +54,7 @@ def sampled_generate(gen: Generator, params, seed: int):
     """Pre-PPO's generate(records, n) -> n samples per record."""
 
     def generate(records, n):
-        texts = gen.texts(params, [(r, r.prompt) for r in records for _ in range(n)], seed=seed,
+        texts = gen.texts(params, [(r, r.prompt) for r in records], seed=seed, num_samples=n,  # shared prefills
                           progress="pre-ppo samples")
         return [texts[i * n:(i + 1) * n] for i in range(len(records))]
 

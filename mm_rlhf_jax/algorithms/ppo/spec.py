@@ -61,5 +61,9 @@ def compile_inputs(config, mesh, rules, step: str):
         sampling = phase.abstract_params(module, mesh, SAMPLING_RULES)
         key = jax.ShapeDtypeStruct((2,), np.uint32, sharding=replicated(mesh))
         fold = jax.ShapeDtypeStruct((), np.int32, sharding=replicated(mesh))
-        return gen._sample, (sampling, prompts, key, fold)
+        g = p.samples_per_prompt
+        if gen.shares_prefill(g):  # as RLTrainer.rollout: each prompt once, its prefill shared by its group
+            unique = {k: _rows(mesh, (p.prompts_per_step, p.max_prompt_length), np.int32) for k in prompts}
+            return gen.sample_fn(g), (sampling, unique, key, fold)
+        return gen.sample_fn(1), (sampling, prompts, key, fold)
     raise ValueError(f"ppo has no {step!r} step; use train, reference or rollout")

@@ -239,10 +239,15 @@ class RLTrainer:
     def rollout(self, state, batch) -> tuple[dict, object, list, list[str]]:
         """(device prompts, device samples, repeated records, decoded texts) for a prompt batch."""
         g = self.p.samples_per_prompt
-        host = {k: np.repeat(np.asarray(batch[k]), g, axis=0) for k in ("prompt_ids", "prompt_mask")}
-        prompts = placement.put_global_batch(host, self.mesh)
+        unique = {k: np.asarray(batch[k]) for k in ("prompt_ids", "prompt_mask")}
+        host = {k: np.repeat(v, g, axis=0) for k, v in unique.items()}
+        prompts = placement.put_global_batch(host, self.mesh)  # the group's rows, for the experience pass
         records = [r for r in batch["records"] for _ in range(g)]
-        out = self.generator.sample(self.generator.prepare(state.actor.params), prompts, state.rng, state.step)
+        params = self.generator.prepare(state.actor.params)
+        if self.generator.shares_prefill(g):  # one prefill per prompt, its cache shared by the group
+            out = self.generator.sample(params, unique, state.rng, state.step, num_samples=g)
+        else:
+            out = self.generator.sample(params, prompts, state.rng, state.step)
         texts = decode(self.tokenizer, placement.fetch(out.tokens), placement.fetch(out.lengths))
         return prompts, out, records, texts
 
