@@ -59,6 +59,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.data.max_patches = 0
         c.data.num_frames = 10
         c.data.batch_size = 768  # per-device 1 x grad-accum 24 x 32 GPUs (released script)
+        # Meant for v5p-8 (4 chips), which it does not fit yet: 106.7 GiB per chip with 192 microbatches
+        # (train.microbatches=192), 100.7 GiB context-parallel over a 4-chip sequence axis (bench/SCALE.md).
         c.data.eval_batch_size = 32
         c.optim.lr = 1e-6
         c.train.steps = 100
