@@ -87,7 +87,7 @@ def test_eval_reports_mean_and_variance_with_and_without_the_prompter(env):
     seen = []
 
     class Prompter:  # rollout.generate.Generator stand-in over (record, prompter text) items
-        def texts(self, params, items, *, seed=0):
+        def texts(self, params, items, *, seed=0, progress=None):  # Generator.texts signature
             seen.append([t for _, t in items])
             # params picks the policy: "good" rewrites canonically, "bad" flips the task on every other prompt.
             return [r.meta["canonical"] if params == "good" or i % 2 else opposite(r)
