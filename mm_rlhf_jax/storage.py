@@ -181,23 +181,7 @@ def read_text(path: str) -> str:
 
 def write_atomic(path: str, data: bytes | str) -> None:
     """Replaces `path` at once: locally a temporary sibling + rename; on a URL one object write."""
-    blob = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-    if is_url(path):
-        fs, p = _fs(path)
-        _makedirs(path, fs, posixpath.dirname(p))
-        fs.pipe_file(p, blob)
-        return
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_atomic_chunks(path, [data])
 
 
 def write_atomic_chunks(path: str, chunks) -> None:
