@@ -16,6 +16,7 @@ nothing calls jax.device_get on a sharded array.
 """
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -26,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from mm_rlhf_jax.sharding.mesh import BATCH_AXES, batch_size_divisor, replicated
 
 
+@functools.cache  # per mesh: row_axes runs on every put_batch (each train step)
 def _processes_span_sequence(mesh: Mesh) -> bool:
     """Whether every process holds whole groups along the `sequence` axis (one host per group or more)."""
     devices = mesh.devices
@@ -56,12 +58,18 @@ def row_sharding(mesh: Mesh, ndim: int, rows: int | None = None) -> NamedShardin
     return NamedSharding(mesh, P(row_axes(mesh, rows), *([None] * (ndim - 1))))
 
 
-def global_rows(local_rows: int, mesh: Mesh) -> int:
-    """The global row count of a batch of which this process holds `local_rows` (its host slot)."""
+@functools.cache  # per mesh, as above
+def _host_slots(mesh: Mesh) -> int:
+    """How many distinct row blocks of the batch axes the processes hold (the host slot count)."""
     d = batch_size_divisor(mesh)
     held = len({idx[0].indices(d)[:2]
                 for idx in row_sharding(mesh, 1).addressable_devices_indices_map((d,)).values()})
-    return local_rows * (d // held)
+    return d // held
+
+
+def global_rows(local_rows: int, mesh: Mesh) -> int:
+    """The global row count of a batch of which this process holds `local_rows` (its host slot)."""
+    return local_rows * _host_slots(mesh)
 
 
 def check_rows(n: int, mesh: Mesh, what: str) -> None:
