@@ -18,6 +18,7 @@ import pathlib
 import secrets
 import signal
 import socket
+import sys
 import time
 
 import functools
@@ -88,6 +89,19 @@ def test_network_namespace_without_guard(template, server, run_python, need_laye
     assert_clean(result)
 
 
+def _in_sandbox_tree(target):
+    """Whether the target's directory exists inside the minimal tree.
+
+    /tmp is always there; the project directory is there as the (read-only)
+    parent of the interpreter's prefix when the virtual environment lives
+    inside the checkout, as in CI's clean clone.
+    """
+    parent = target.parent.resolve()
+    prefixes = {pathlib.Path(p).resolve() for p in (sys.prefix, sys.base_prefix)}
+    return parent == pathlib.Path("/tmp") or any(
+        parent == p or parent in p.parents for p in prefixes)
+
+
 def _outside_targets():
     tag = secrets.token_hex(6)
     return [pathlib.Path(f"/tmp/mm_rlhf_pwned_{tag}"), PROJECT_DIR / f"pwned_{tag}"]
@@ -129,7 +143,7 @@ def test_readonly_fs_without_guard(run_python, need_layer, assert_clean):
     for target in _outside_targets():
         result = run_python(f"open({str(target)!r}, 'w').write('x')", "pass", python_guard=False)
         assert result.status == "error"
-        if "minimal_fs" in result.layers and not str(target).startswith("/tmp/"):
+        if "minimal_fs" in result.layers and not _in_sandbox_tree(target):
             assert "No such file or directory" in _last_error(result)  # not in the tree
         else:
             assert "Read-only file system" in _last_error(result)
