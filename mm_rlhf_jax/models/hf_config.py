@@ -205,6 +205,10 @@ def _split_overrides(kw: dict, cls, prefix: str = "") -> dict:
 
 
 _NUMERICS = ("dtype", "param_dtype")
+# What the vision tower inherits from the model-wide overrides unless a `vision_` one is given:
+# the numerics, and the remat policy (a trained tower keeps every layer's activations for the
+# backward pass without it: ~25 GiB per anyres pair at 7B; a frozen tower is unaffected).
+_VISION_INHERITS = _NUMERICS + ("remat",)
 
 
 def _decoder_from_hf(model_type: str):
@@ -228,11 +232,11 @@ for _name, _type in (("Qwen2ForCausalLM", "qwen2"), ("LlamaForCausalLM", "llama"
 
 def _llava_from_hf(hf: dict, kw: dict) -> LlavaOnevisionConfig:
     """Overrides: DecoderConfig fields go to the text model, `vision_<field>` to SigLIP,
-    LlavaOnevisionConfig fields to the top level; dtype / param_dtype to both models."""
+    LlavaOnevisionConfig fields to the top level; dtype / param_dtype / remat to both models."""
     top_names = {f.name for f in dataclasses.fields(LlavaOnevisionConfig)} - {"text", "vision"}
     text_kw = _split_overrides(kw, DecoderConfig)
     vision_kw = _split_overrides(kw, SiglipConfig, "vision_")
-    vision_kw.update({k: kw[k] for k in _NUMERICS if k in kw and k not in vision_kw})
+    vision_kw.update({k: kw[k] for k in _VISION_INHERITS if k in kw and k not in vision_kw})
     top_kw = {k: v for k, v in kw.items() if k in top_names}
     unknown = set(kw) - set(text_kw) - {"vision_" + k for k in vision_kw} - set(top_kw) - set(_NUMERICS)
     if unknown:

@@ -125,3 +125,13 @@ def test_overrides_are_checked(checkpoints):
     cfg = model.config
     assert (cfg.text.remat, cfg.vision.remat, cfg.text.dtype, cfg.vision.dtype) == ("full", "dots", jnp.bfloat16,
                                                                                      jnp.bfloat16)
+
+
+def test_vision_tower_inherits_remat():
+    # A trained SigLIP tower without remat keeps every layer's activations for the backward pass:
+    # the model-wide policy must reach it unless a vision_ override says otherwise.
+    cfg = hf.known_config("llava-onevision-qwen2-7b-ov-hf", jnp.bfloat16, remat="full")
+    assert (cfg.text.remat, cfg.vision.remat) == ("full", "full")
+    cfg = hf.known_config("llava-onevision-qwen2-7b-ov-hf", jnp.bfloat16, remat="full", vision_remat="none")
+    assert (cfg.text.remat, cfg.vision.remat) == ("full", "none")
+    assert hf.known_config("llava-onevision-qwen2-7b-ov-hf").vision.remat == "none"
