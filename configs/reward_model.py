@@ -59,8 +59,11 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.data.max_patches = 0
         c.data.num_frames = 10
         c.data.batch_size = 768  # per-device 1 x grad-accum 24 x 32 GPUs (released script)
-        # Meant for v5p-8 (4 chips), which it does not fit yet: 106.7 GiB per chip with 192 microbatches
-        # (train.microbatches=192), 100.7 GiB context-parallel over a 4-chip sequence axis (bench/SCALE.md).
+        # Sized for v5p-8 (4 chips; python -m mm_rlhf_jax.aot ... --topology v5p:2x2x1: 86.0 GiB of 95.7 per
+        # chip, bench/SCALE.md): fsdp over the 4 chips, one pair per chip per microbatch, so microbatches =
+        # 768 / chips (v5p-32: 48). The trained SigLIP tower runs under the model's remat policy; without it
+        # the step needed 106.7 GiB per chip.
+        c.train.microbatches = 192
         c.data.eval_batch_size = 32
         c.optim.lr = 1e-6
         c.train.steps = 100
