@@ -441,7 +441,11 @@ def longpo_block(**overrides) -> CD:
     return _block(dict(
         value_set="paper",  # paper | released: which configs/longpo.py VALUE_SETS entry the preset applied
         beta=0.1,
-        lam=0.01,  # weight of the preference term; the NLL weight is 1 (Eq. 14)
+        lam=0.01,  # weight of the preference term (Eq. 14)
+        nll_weight=1.0,  # weight of the chosen NLL: 1 in the paper (Eq. 14); 0 = its "w/o NLL" ablation
+        # whose log-probs the preference term compares against: short = pi_S on the short contexts (LongPO) |
+        # long = pi_S on the long input itself (the paper's DPO baseline, i.e. DPO + NLL)
+        reference="short",
         nll_tokens="sequence",  # sequence: NLL over the whole chosen sequence S_L | responses: chosen answers only
         max_response_tokens=0,  # > 0 (required by nll_tokens=responses): static size of the response gather
         rounds=1,  # iterative self-evolution: round r+1's generator and reference are round r's policy

@@ -154,17 +154,19 @@ def longpo_loss(
     *,
     beta,
     lam,
+    nll_weight=1.0,
 ):
-    """LongPO: chosen_nll + lam * -log sigmoid(beta * ((pc - ref_c) - (pr - ref_r))).
+    """LongPO: nll_weight * chosen_nll + lam * -log sigmoid(beta * ((pc - ref_c) - (pr - ref_r))).
 
     The reference log-probs come from the short-context model on the short
     inputs (summed over turns for multi-turn samples, as the released code
     does); chosen_nll is the per-example mean token NLL of the policy on the
-    chosen long sequence (padding excluded). lam weights the preference term,
-    the NLL weight is 1 (paper Eq. 14, released code). Returns losses f32[B].
+    chosen long sequence (padding excluded). lam weights the preference term;
+    the NLL weight is 1 in the paper (Eq. 14) and the released code, 0 in its
+    "w/o NLL" ablation. Returns losses f32[B].
     """
     f32 = lambda x: jnp.asarray(x, jnp.float32)
     logits = (f32(policy_chosen_logps) - f32(short_ref_chosen_logps)) - (
         f32(policy_rejected_logps) - f32(short_ref_rejected_logps)
     )
-    return f32(chosen_nll) - lam * jax.nn.log_sigmoid(beta * logits)
+    return nll_weight * f32(chosen_nll) - lam * jax.nn.log_sigmoid(beta * logits)

@@ -153,6 +153,13 @@ def test_longpo_loss_by_hand():
     assert float(got[0]) == pytest.approx(expected, rel=1e-6)
 
 
+def test_longpo_without_nll_is_lam_times_dpo():
+    pc, pr, rc, rr, nll = -10.0, -12.0, -11.0, -11.5, 2.3
+    got = preference.longpo_loss(jnp.array([pc]), jnp.array([pr]), jnp.array([rc]), jnp.array([rr]),
+                                 jnp.array([nll]), beta=0.1, lam=0.01, nll_weight=0.0)
+    assert float(got[0]) == pytest.approx(0.01 * math.log1p(math.exp(-0.1 * 1.5)), rel=1e-6)
+
+
 def test_longpo_with_long_reference_is_dpo_plus_nll():
     rng = np.random.default_rng(1)
     pc, pr, rc, rr, nll = (rng.normal(size=5) for _ in range(5))

@@ -4,7 +4,7 @@
                                    into workdir/data
   generate_round(...)              round r's short-to-long pairs (data/longpo/generate.py, resumable)
   fitting(...)                     the samples that tokenize within the layout
-  reference_logps(...)             sum over turns of log pi_S(y | short context), cached per round
+  reference_logps(...)             sum over turns of log pi_S(y | short or long context), cached per round
 """
 
 import dataclasses
@@ -142,23 +142,27 @@ def fitting(config: ml_collections.ConfigDict, tokenizer_path: str, samples):
 
 def reference_logps(ctx: phase.RunContext, config: ml_collections.ConfigDict, r: int, tokenizer_path: str, module,
                     params, samples) -> np.ndarray:
-    """f32[N, 2]: sum over turns of log pi_S(y | short context), cached in round_<r>/ref_logps.npy.
+    """f32[N, 2]: sum over turns of log pi_S(y | context), cached in round_<r>/ref_logps[_long].npy.
 
-    Each process tokenizes only its rows of every batch (its host slot); the
-    log-probs are gathered to every process and process 0 writes the file.
+    The context is the short one (`longpo.reference = short`, LongPO) or the
+    long input itself (`long`, the DPO baseline; step.REFERENCES). Each process
+    tokenizes only its rows of every batch (its host slot); the log-probs are
+    gathered to every process and process 0 writes the file.
     """
-    path = ctx.path(f"round_{r}", "ref_logps.npy")
+    mode = config.longpo.reference
+    ref_fn, short_keys = step_lib.reference_fn(mode)
+    path = ctx.path(f"round_{r}", "ref_logps.npy" if mode == "short" else f"ref_logps_{mode}.npy")
     if storage.exists(path):
         ref = np.load(io.BytesIO(storage.read_bytes(path)))
         if ref.shape == (len(samples), 2):
             return ref
-    fn = jax.jit(functools.partial(step_lib.reference_logps, module))
+    fn = jax.jit(functools.partial(ref_fn, module))
     batch_size = config.longpo.reference_batch_size
     out = []
     for batch, n in padded_batches(SampleSource(samples), tokenizer_path, layout(config), batch_size,
                                    shard=placement.host_slot(batch_size, ctx.mesh).shard):
-        ref_keys = {k: v for k, v in batch.items() if k.startswith("ref_")}
-        out.append(placement.fetch(fn(params, placement.put_batch(ref_keys, ctx.mesh)))[:n])
+        keys = {k: v for k, v in batch.items() if k.startswith("ref_") == short_keys}
+        out.append(placement.fetch(fn(params, placement.put_batch(keys, ctx.mesh)))[:n])
     ref = np.concatenate(out).astype(np.float32)
     if distributed.is_primary():
         buf = io.BytesIO()

@@ -3,7 +3,11 @@
     pc, pr = sum log pi_theta(y_S | x_L), sum log pi_theta(y_L | x_L)   over all turns (one packed pass)
     rc, rr = sum_i log pi_S(y_Si | x_Si), sum_i log pi_S(y_Li | x_Si)   short-context reference, cached
     nll    = mean token NLL of pi_theta on the chosen sequence S_L     (padding excluded)
-    loss   = mean_B [ nll + lam * -log sigmoid(beta * ((pc - rc) - (pr - rr))) ]   (losses.longpo_loss)
+    loss   = mean_B [ w * nll + lam * -log sigmoid(beta * ((pc - rc) - (pr - rr))) ]   (losses.longpo_loss)
+
+With `longpo.reference = long` (REFERENCES) rc, rr are pi_S's log-probs of the same long
+sequences the policy reads: the DPO (+ NLL) baseline of the paper's ablations; w is
+`longpo.nll_weight` (1; 0 = "w/o NLL").
 
 The policy reads the document once: chosen and rejected turns are two branches
 after a shared prompt (kernels.attention branch ids). Log-probs never touch
@@ -118,6 +122,23 @@ def reference_logps(module, params, batch) -> jax.Array:
     return sums.reshape(b, s, k).sum(-1)
 
 
+def long_reference_logps(module, params, batch) -> jax.Array:
+    """Long-context reference: log pi_S(y | C_L + I) summed over turns, f32[B, 2], on the policy's own inputs."""
+    lp = policy_logps(module, params, batch, nll_tokens="sequence")
+    return jnp.stack([lp["chosen"], lp["rejected"]], axis=-1)
+
+
+# longpo.reference -> (reference log-prob fn, whether it reads the short `ref_*` keys of a batch).
+REFERENCES = {"short": (reference_logps, True), "long": (long_reference_logps, False)}
+
+
+def reference_fn(name: str):
+    """(fn(module, params, batch) -> f32[B, 2], reads_short_keys) of a `longpo.reference` name."""
+    if name not in REFERENCES:
+        raise ValueError(f"unknown longpo.reference {name!r}; use one of {sorted(REFERENCES)}")
+    return REFERENCES[name]
+
+
 def counts(batch) -> dict:
     """The global normaliser of a batch: its samples."""
     return {"samples": jnp.float32(batch["input_ids"].shape[0])}
@@ -129,7 +150,7 @@ def longpo_terms(module, params, batch, c: ml_collections.ConfigDict, n: dict, z
                       zigzag_shards=zigzag_shards)
     ref = batch["ref_logps"].astype(jnp.float32)
     pc, pr, rc, rr = lp["chosen"], lp["rejected"], ref[:, 0], ref[:, 1]
-    losses = preference.longpo_loss(pc, pr, rc, rr, lp["nll"], beta=c.beta, lam=c.lam)
+    losses = preference.longpo_loss(pc, pr, rc, rr, lp["nll"], beta=c.beta, lam=c.lam, nll_weight=c.nll_weight)
     chosen_r, rejected_r = c.beta * (pc - rc), c.beta * (pr - rr)
     pref = -jax.nn.log_sigmoid(chosen_r - rejected_r)
     total = n["samples"]

@@ -105,6 +105,21 @@ def test_micro_run_writes_everything_and_resumes(tmp_path):
 
 
 @pytest.mark.slow
+def test_micro_run_with_the_long_reference_and_no_nll(tmp_path):
+    """The DPO-baseline wiring (reference = pi_S on the long input) with the NLL term off."""
+    c = micro_config()
+    c.longpo.rounds, c.longpo.policy_rope_theta = 1, (0.0,)
+    c.longpo.reference, c.longpo.nll_weight = "long", 0.0
+    longpo.run(c, str(tmp_path))
+    ref = np.load(tmp_path / "round_0" / "ref_logps_long.npy")
+    assert ref.shape == (8, 2) and np.isfinite(ref).all() and not (tmp_path / "round_0" / "ref_logps.npy").exists()
+    rows = [json.loads(line) for line in open(tmp_path / "round_0" / "metrics.jsonl")]
+    first = next(r for r in rows if "train/loss" in r)
+    # Step 0: policy == reference on the same inputs, so the loss is lam * log 2 (no NLL term).
+    assert first["train/loss"] == pytest.approx(c.longpo.lam * np.log(2.0), rel=1e-4)
+
+
+@pytest.mark.slow
 @pytest.mark.target
 def test_tiny_preset_improves_long_context_without_hurting_short(tmp_path):
     """The `tiny` preset end to end (~10-15 min on 2 shared CPU cores); figures in bench/RESULTS.md."""

@@ -33,7 +33,7 @@ T, K, L = 192, 2, 96
 CFG = DecoderConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                     architecture="qwen2", qkv_bias=True, dtype=jnp.float32, param_dtype=jnp.float32,
                     rope_theta=10000.0, initializer_range=0.2)
-C = ml_collections.ConfigDict(dict(beta=0.5, lam=0.3, nll_tokens="sequence", max_response_tokens=0))
+C = ml_collections.ConfigDict(dict(beta=0.5, lam=0.3, nll_weight=1.0, nll_tokens="sequence", max_response_tokens=0))
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +155,32 @@ def test_step_loss_is_longpo_loss_of_its_own_logps(tok, records, params):
     np.testing.assert_allclose(float(metrics["longpo/nll"]), ind[:, 2].mean(), rtol=1e-5)
     margin = C.beta * ((ind[:, 0] - batch["ref_logps"][:, 0]) - (ind[:, 1] - batch["ref_logps"][:, 1]))
     np.testing.assert_allclose(float(metrics["longpo/pref_loss"]), np.mean(np.log1p(np.exp(-margin))), rtol=1e-5)
+
+
+def test_long_reference_reads_the_long_inputs(tok, records, params):
+    ref_model = hf.build_model(CFG)
+    got = np.asarray(jax.jit(functools.partial(longpo_step.long_reference_logps, ref_model))(
+        params, {k: v for k, v in _batch(tok, records).items() if not k.startswith("ref_")}))
+    for b, rec in enumerate(records):
+        pc, pr, _, _ = _independent(tok, ref_model, params, rec)
+        np.testing.assert_allclose(got[b], [pc, pr], rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match=r"unknown longpo.reference 'longer'; use one of \['long', 'short'\]"):
+        longpo_step.reference_fn("longer")
+
+
+@pytest.mark.parametrize("nll_weight", [1.0, 0.0])
+def test_long_reference_at_the_start_is_nll_plus_lam_log2(tok, records, params, nll_weight):
+    # Policy == reference on the same long inputs: every implicit reward is 0, so the DPO term
+    # is exactly lam * log 2 and the loss is nll_weight * NLL + lam * log 2 (hand value).
+    model = hf.build_model(CFG)
+    batch = _batch(tok, records)
+    batch["ref_logps"] = np.asarray(jax.jit(functools.partial(longpo_step.long_reference_logps, model))(params, batch))
+    c = ml_collections.ConfigDict({**C.to_dict(), "nll_weight": nll_weight})
+    loss, metrics = jax.jit(lambda p, b: longpo_step.longpo_terms(model, p, b, c, longpo_step.counts(b)))(params,
+                                                                                                         batch)
+    nll = np.asarray([_independent(tok, model, params, r)[2] for r in records]).mean()
+    assert float(metrics["longpo/pref_loss"]) == pytest.approx(np.log(2.0), abs=1e-5)
+    assert float(loss) == pytest.approx(nll_weight * nll + C.lam * np.log(2.0), rel=1e-5)
 
 
 def _one_step(module, params, batch, mesh):
