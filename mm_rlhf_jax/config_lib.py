@@ -208,7 +208,7 @@ def score_block(**overrides) -> CD:
     return _block(dict(
         input="",  # dpo_pairs.jsonl to score after training ("" = no scoring)
         output="",  # default: <input>_scored.jsonl
-        media_root="",  # default: the input file's folder
+        media_root="",  # default: data.media_root, else the input file's folder
         # Global batches (of data.eval_batch_size pairs) per part file <output>.parts/part-*.jsonl: a rerun
         # resumes after the last finished part.
         part_batches=8,
