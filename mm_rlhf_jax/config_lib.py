@@ -208,7 +208,7 @@ def score_block(**overrides) -> CD:
     return _block(dict(
         input="",  # dpo_pairs.jsonl to score after training ("" = no scoring)
         output="",  # default: <input>_scored.jsonl
-        media_root="",  # default: the input file's folder
+        media_root="",  # default: data.media_root, else the input file's folder
         # Global batches (of data.eval_batch_size pairs) per part file <output>.parts/part-*.jsonl: a rerun
         # resumes after the last finished part.
         part_batches=8,
@@ -305,9 +305,11 @@ def learned_rm_block(**overrides) -> CD:
     return _block(dict(
         enabled=False,
         # A reward_model workdir (its config.json + checkpoints/: critique or scalar RM, any trunk including an
-        # HF/llava init_from); "" + enabled: a tiny scalar RM trained in <workdir>/learned_rm on synthetic
-        # right-vs-wrong answers (tiny presets).
+        # HF/llava init_from), or a transformers folder with a reward head (export.py's reward_head.safetensors,
+        # or rm_head.* of MM-RLHF-Reward-7B); "" + enabled: a tiny scalar RM trained in <workdir>/learned_rm on
+        # synthetic right-vs-wrong answers (tiny presets).
         init_from="",
+        max_length=0,  # a transformers folder: tokens per critic-prompt sequence (0 = the reward_model default)
         batch_size=16,  # response pairs per RM forward / critique generation call (global)
         max_critique_tokens=0,  # critique RMs: greedy critique length (0 = the RM run's reward.max_critique_tokens)
         # Tiny RM only: its training (max_length: tokens per critic-prompt sequence; label_noise: share of

@@ -69,8 +69,9 @@ def tiny_rm_config(config: ml_collections.ConfigDict, tokenizer: str) -> ml_coll
 
 def build_learned_rm(config: ml_collections.ConfigDict, ctx: phase.RunContext, tokenizer: str,
                      demos: list[dict]) -> LearnedRM | None:
-    """The learned RM (or None): a reward_model workdir, or a tiny scalar RM trained into <workdir>/learned_rm
-    on (right, wrong) answers to the synthetic demonstration prompts `demos`."""
+    """The learned RM (or None): a reward_model workdir, a transformers folder with a reward head (export.py's
+    output, or an MM-RLHF-Reward checkpoint), or a tiny scalar RM trained into <workdir>/learned_rm on
+    (right, wrong) answers to the synthetic demonstration prompts `demos`."""
     r = config.reward.learned_rm
     if not r.enabled:
         return None
@@ -79,11 +80,12 @@ def build_learned_rm(config: ml_collections.ConfigDict, ctx: phase.RunContext, t
         w = r.warm_start
         if not w.steps or not demos:
             raise ValueError("reward.learned_rm.enabled needs reward.learned_rm.init_from (a reward_model run's "
-                             "workdir), or, with the synthetic tasks (data.synthetic=True), "
+                             "workdir or an exported one), or, with the synthetic tasks (data.synthetic=True), "
                              "reward.learned_rm.warm_start.steps > 0 to train a tiny RM")
         pairs = reasoning.preference_pairs(demos[: w.num_examples or None], w.seed, label_noise=w.label_noise)
         path = train_workdir(ctx, tiny_rm_config(config, tokenizer), pairs, ctx.path("learned_rm"))
-    return LearnedRM.from_workdir(path, ctx.mesh, batch_size=r.batch_size, max_critique_tokens=r.max_critique_tokens)
+    return LearnedRM.load(path, config.model, ctx.mesh, batch_size=r.batch_size,
+                          max_critique_tokens=r.max_critique_tokens, max_length=r.max_length)
 
 
 def build_references(config: ml_collections.ConfigDict, ctx: phase.RunContext, genrm: GenRM | None,

@@ -131,8 +131,11 @@ def run(config: ml_collections.ConfigDict, workdir: str):
         if config.score.input:
             # Parts of an earlier scoring pass are reused only by the same model (config and steps).
             model = {k: v for k, v in config.to_dict().items() if k != "score"}
+            # The pair file to score is usually one of this dataset's (a split's train file keeps its media
+            # paths relative to the release folder), so its media resolve where the run's data's do.
             scored = score_file(inference, result.state.params, config.score, critique=critique, workdir=workdir,
-                                identity={"model": reference_cache.reference_id(model)}).path
+                                identity={"model": reference_cache.reference_id(model)},
+                                media_root=d.media_root).path
         out = {k: v for k, v in result.final.items() if k != "critique_examples"}
         out.update(steps=t.steps, mode=config.reward.mode, reward_head_init=head_source(config))
         if scored:

@@ -165,14 +165,15 @@ class Manifest:
 
 
 def score_file(inference: RewardModelInference, params, s, *, critique: bool, workdir: str | None = None,
-               identity: dict | None = None) -> ScoreResult:
+               identity: dict | None = None, media_root: str = "") -> ScoreResult:
     """Scores every pair of s.input (the `score` block) into output_path(s); see the module docstring.
 
     workdir: where the media check cache lives (None: no cache). identity: what
     makes the scores (e.g. the RM's config and step); parts written under another
-    identity are discarded.
+    identity are discarded. media_root: where media paths resolve when
+    s.media_root is unset (the run's data.media_root; "" = the input's folder).
     """
-    media_root = s.media_root or storage.dirname(s.input)
+    media_root = s.media_root or media_root or storage.dirname(s.input)
     out, size = output_path(s), inference.batch_size
     cache = pair_data.media_cache_path(workdir) if workdir else None
     n = check_input(s.input, media_root, cache)

@@ -1,12 +1,16 @@
 """A trained reward model as a reward source: r(x, y) of (prompt, response) texts.
 
     rm = LearnedRM.from_workdir("runs/rm", mesh, batch_size=16)   # a reward_model run's workdir
+    rm = LearnedRM.from_pretrained(pretrained_config("exported/rm", model_block), mesh, batch_size=16)
     scores, valid = rm.score(prompts, responses)                    # f32[N], bool[N]
 
 The workdir's config.json rebuilds the RM exactly as its run built it (trunk:
 the tiny architecture or its model.init_from HF / LLaVA-OV checkpoint through
 train.model_factory; reward.mode: critique or scalar), its latest checkpoint
-gives the parameters, and scoring is that run's own inference
+gives the parameters (`load` takes either kind of folder). A transformers folder carrying a reward
+head (export.py's reward_head.safetensors beside the trunk, or the rm_head.* tensors of an
+MM-RLHF-Reward LLaVA-NeXT checkpoint) is the trunk and head of that folder instead, in the mode its
+reward_head.json names (critique without one: the release's RM is critique-based). Scoring is that run's own inference
 (inference.RewardModelInference): critique mode generates a greedy critique
 with the RM's LM head through the one Generator, then reads the RewardHead
 at the last token of [critic prompt(x, y) ; critique]; scalar mode reads it at
@@ -67,6 +71,23 @@ class LearnedRM:
         self.critiques: list[str | None] = []  # of the last call (sample logs), None where not generated
 
     @classmethod
+    def load(cls, path: str, model_block, mesh, *, batch_size: int, max_critique_tokens: int = 0,
+             max_length: int = 0) -> "LearnedRM":
+        """A reward_model workdir, or a transformers folder with a reward head (the trunk's numerics from
+        model_block, max_length tokens per critic-prompt sequence; 0 = the reward_model default)."""
+        if is_transformers_folder(path):
+            return cls.from_pretrained(pretrained_config(path, model_block, max_length=max_length), mesh,
+                                       batch_size=batch_size, max_critique_tokens=max_critique_tokens)
+        return cls.from_workdir(path, mesh, batch_size=batch_size, max_critique_tokens=max_critique_tokens)
+
+    @classmethod
+    def from_pretrained(cls, cfg, mesh, *, batch_size: int, max_critique_tokens: int = 0) -> "LearnedRM":
+        """cfg: pretrained_config(folder, ...); trunk and reward head loaded as a reward_model run starts."""
+        module, _ = spec.build_module(cfg)
+        params = initial_params(cfg, module, mesh, TRAIN_RULES)
+        return cls._build(cfg, module, params, cfg.data.tokenizer, mesh, batch_size, max_critique_tokens)
+
+    @classmethod
     def from_workdir(cls, path: str, mesh, *, batch_size: int, max_critique_tokens: int = 0) -> "LearnedRM":
         cfg = workdir_config(path)
         module, _ = spec.build_module(cfg)
@@ -80,14 +101,19 @@ class LearnedRM:
             state, _ = ckpt.restore(latest, step.abstract_state)
         finally:
             ckpt.close()
-        tokenizer = workdir_tokenizer(cfg, path)
+        return cls._build(cfg, module, state.params, workdir_tokenizer(cfg, path), mesh, batch_size,
+                          max_critique_tokens)
+
+    @classmethod
+    def _build(cls, cfg, module, params, tokenizer: str, mesh, batch_size: int, max_critique_tokens: int):
+        """The RM run's own inference around `params` (what a reward_model run evaluates with)."""
         encoder_cfg = pair_data.encoder_config(cfg.data, tokenizer, module.trunk.config, cfg.model.init_from,
                                                spec.MODES[cfg.reward.mode])
         inference = RewardModelInference(module, encoder_cfg, cached_tokenizer(tokenizer), mesh,
                                          max_new_tokens=max_critique_tokens or cfg.reward.max_critique_tokens,
                                          batch_size=batch_size,
                                          param_shardings=hf.param_shardings(module, mesh, SAMPLING_RULES))
-        return cls(inference, state.params, critique=cfg.reward.mode == "critique")
+        return cls(inference, params, critique=cfg.reward.mode == "critique")
 
     def fits(self, prompt: str, response: str) -> bool:
         """Does the critic prompt over (prompt, response) leave room for a critique / fit the RM's length?"""
@@ -118,6 +144,31 @@ class LearnedRM:
         return scores, valid
 
 
+def is_transformers_folder(path: str) -> bool:
+    """A checkpoint folder (config.json of a model: `architectures`), not a run's workdir."""
+    cfg_file = storage.join(path, "config.json")
+    return storage.exists(cfg_file) and "architectures" in json.loads(storage.read_text(cfg_file))
+
+
+def pretrained_config(path: str, model_block, *, max_length: int = 0):
+    """The reward_model config of transformers folder `path` with a reward head; errors when it has none."""
+    if hf.load_reward_head(path) is None:
+        raise ValueError(f"{path} is a transformers checkpoint without a reward head ({hf.REWARD_HEAD_FILE} or "
+                         "rm_head.* tensors): export a trained reward_model run there (python -m "
+                         "mm_rlhf_jax.export), or pass the run's workdir")
+    info_file = storage.join(path, hf.REWARD_HEAD_INFO)
+    info = json.loads(storage.read_text(info_file)) if storage.exists(info_file) else {}
+    c = config_lib.schema("reward_model")
+    c.model = model_block.copy_and_resolve_references()  # the caller's numerics; the architecture is the folder's
+    c.model.init_from = path
+    c.reward.mode = info.get("mode", "critique")
+    c.reward.head_init = "checkpoint"
+    c.data.synthetic, c.data.tokenizer = False, path  # export.py copies the run's tokenizer next to the weights
+    if max_length:
+        c.data.max_length = max_length
+    return c
+
+
 def workdir_config(path: str):
     """The reward_model config a workdir's run saved (config.json); other folders are errors saying why."""
     cfg_file = storage.join(path, "config.json")
@@ -126,8 +177,8 @@ def workdir_config(path: str):
                                 "run's workdir")
     saved = json.loads(storage.read_text(cfg_file))
     if saved.get("algorithm") != "reward_model":
-        hint = (" (a transformers checkpoint carries no trained RewardHead: train a reward_model run with "
-                "--config.model.init_from=<that folder> and pass its workdir)" if "architectures" in saved else "")
+        hint = (" (a transformers checkpoint: LearnedRM.load / from_pretrained read it when it carries a reward "
+                "head)" if "architectures" in saved else "")
         raise ValueError(f"{path}/config.json is not a reward_model run's config (algorithm "
                          f"{saved.get('algorithm')!r}){hint}")
     return config_lib.from_saved(saved)

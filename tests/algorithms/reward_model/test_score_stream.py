@@ -11,6 +11,7 @@ rewards, row for row, with the input's own fields kept.
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import pytest
 from mm_rlhf_jax import storage
 from mm_rlhf_jax.algorithms.reward_model import step as step_lib
 from mm_rlhf_jax.algorithms.reward_model.score import parts_dir, score_file
+from mm_rlhf_jax.data.errors import DataError
 from mm_rlhf_jax.data.example import ExampleEncoder
 from mm_rlhf_jax.data.prompts import encode_critic_prompt
 from mm_rlhf_jax.data.sources import RecordPairSource
@@ -194,3 +196,19 @@ def test_scoring_a_url_goes_through_the_path_layer(rm, tmp_path):
     assert result.scored_batches == 2 and storage.exists(storage.join(url, "work", "media_check.json"))
     assert storage.read_text(got) == open(want).read()
     storage.remove(url)
+
+
+def test_media_resolve_against_the_runs_media_root_when_the_block_has_none(rm, tmp_path):
+    """A split's train file keeps its media paths relative to the source folder (data/split.py): the run
+    passes its data.media_root, and the rows equal those of the file scored in place."""
+    pairs = replicate_pairs(rm.train_pairs, os.path.join(os.path.dirname(rm.train_pairs), "s5.jsonl"), 8)
+    root = os.path.dirname(pairs)
+    moved = str(tmp_path / "split" / "train" / "dpo_pairs.jsonl")
+    os.makedirs(os.path.dirname(moved))
+    shutil.copy(pairs, moved)
+    block = rm.score_block(moved, str(tmp_path / "moved_scored.jsonl"))
+    with pytest.raises(DataError, match=r"dpo_pairs\.jsonl:1: field '(image|video)': unreadable"):
+        score_file(rm.inference, rm.params, block, critique=False)  # the input's folder holds no media
+    got = score_file(rm.inference, rm.params, block, critique=False, media_root=root)
+    want = score_file(rm.inference, rm.params, rm.score_block(pairs, str(tmp_path / "scored.jsonl")), critique=False)
+    assert got.scored_batches == 1 and open(got.path).read() == open(want.path).read()

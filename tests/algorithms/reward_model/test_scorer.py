@@ -9,16 +9,17 @@ Generator).
 """
 
 import json
+import shutil
 
 import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
-from mm_rlhf_jax import config_lib
+from mm_rlhf_jax import config_lib, export
 from mm_rlhf_jax.algorithms.reward_model import spec
 from mm_rlhf_jax.algorithms.reward_model.inference import RewardModelInference
-from mm_rlhf_jax.algorithms.reward_model.scorer import LearnedRM, pair_layout, workdir_config
+from mm_rlhf_jax.algorithms.reward_model.scorer import LearnedRM, pair_layout, pretrained_config, workdir_config
 from mm_rlhf_jax.data.synthetic import reasoning as tasks
 from mm_rlhf_jax.data.tokenize import critic_content, encode_turns
 from mm_rlhf_jax.data.tokenizer import load_tokenizer
@@ -93,8 +94,41 @@ def test_workdir_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         workdir_config(str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForCausalLM"]}))
-    with pytest.raises(ValueError, match="carries no trained RewardHead"):
+    with pytest.raises(ValueError, match="a transformers checkpoint: LearnedRM.load / from_pretrained read it"):
         workdir_config(str(tmp_path))
     saved = json.loads(rm_config().to_json_best_effort())
     (tmp_path / "config.json").write_text(json.dumps(saved))
     assert workdir_config(str(tmp_path)) == rm_config()
+
+
+def test_a_transformers_folder_with_a_reward_head_scores_like_the_rm_it_came_from(tok_path, tmp_path, devices8):
+    """What export.py writes for a reward_model run (the trunk's transformers folder + reward_head.safetensors
+    and reward_head.json + the tokenizer), read back by LearnedRM.load as the PPO router does."""
+    mesh = make_mesh({"data": 2, "fsdp": 4})
+    c = rm_config()
+    c.reward.mode = "scalar"
+    with jax.set_mesh(mesh), nn.logical_axis_rules(TRAIN_RULES):
+        module, _ = spec.build_module(c)
+        params = hf.init_params(module, jax.random.PRNGKey(5), mesh, TRAIN_RULES)
+        params["reward_head"]["out_proj"]["kernel"] = params["reward_head"]["out_proj"]["kernel"] * 50.0
+    folder = str(tmp_path / "exported")
+    hf.save_pretrained(module.trunk, params["trunk"], folder)
+    export._write_head(params["reward_head"], folder, c)
+    bare = str(tmp_path / "bare")  # the same trunk without its head
+    shutil.copytree(folder, bare)
+    for name in (hf.REWARD_HEAD_FILE, hf.REWARD_HEAD_INFO):
+        (tmp_path / "bare" / name).unlink()
+    export._copy_tokenizer(tok_path, folder)
+
+    loaded = LearnedRM.load(folder, c.model, mesh, batch_size=8, max_length=MAX_LENGTH)
+    assert not loaded.critique  # the mode reward_head.json names
+    enc = pair_data.encoder_config(c.data, tok_path, module.trunk.config, "", spec.MODES["scalar"],
+                                   max_length=MAX_LENGTH)
+    inference = RewardModelInference(module, enc, load_tokenizer(tok_path), mesh, max_new_tokens=4, batch_size=8,
+                                     param_shardings=hf.param_shardings(module, mesh, SAMPLING_RULES))
+    want, _ = LearnedRM(inference, params, critique=False).score(PROMPTS, RESPONSES)
+    got, valid = loaded.score(PROMPTS, RESPONSES)
+    assert valid.all() and np.ptp(want) > 1e-3
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"bare is a transformers checkpoint without a reward head"):
+        pretrained_config(bare, c.model)
