@@ -445,6 +445,9 @@ def longpo_block(**overrides) -> CD:
         beta=0.1,
         lam=0.01,  # weight of the preference term (Eq. 14)
         nll_weight=1.0,  # weight of the chosen NLL: 1 in the paper (Eq. 14); 0 = its "w/o NLL" ablation
+        # whose answers the NLL term fits: chosen (LongPO) | rejected (needs nll_tokens=responses); with lam=0
+        # these are the paper's SFT-Chosen / SFT-Rejected baselines
+        nll_side="chosen",
         # whose log-probs the preference term compares against: short = pi_S on the short contexts (LongPO) |
         # long = pi_S on the long input itself (the paper's DPO baseline, i.e. DPO + NLL)
         reference="short",

@@ -84,13 +84,18 @@ def _logps_gathered(hidden, w, batch, n: int):
 
 
 def policy_logps(module, params, batch, *, nll_tokens: str = "sequence", max_response_tokens: int = 0,
-                 zigzag_shards: int = 0) -> dict:
+                 zigzag_shards: int = 0, nll_side: str = "chosen") -> dict:
     """Summed response log-probs and the NLL of the chosen sequence, each f32[B].
 
     nll_tokens="sequence": LM head over every position (the NLL needs them all).
     nll_tokens="responses": only the response positions (<= max_response_tokens per
     row, checked by the data layer) are gathered and scored.
+    nll_side="rejected" (responses only): the NLL of the rejected answers instead,
+    the SFT-Rejected baseline of the paper's ablations (with lam = 0).
     """
+    if nll_side not in ("chosen", "rejected") or (nll_side == "rejected" and nll_tokens != "responses"):
+        raise ValueError(f"longpo.nll_side={nll_side!r} with nll_tokens={nll_tokens!r}: use chosen, or rejected "
+                         "with nll_tokens='responses' (the rejected side has no whole-sequence mask)")
     hidden = policy_hidden(module, params, batch, zigzag_shards=zigzag_shards)
     w = module.lm_head_weight(params)
     if nll_tokens == "sequence":
@@ -100,7 +105,7 @@ def policy_logps(module, params, batch, *, nll_tokens: str = "sequence", max_res
         if max_response_tokens <= 0:
             raise ValueError("nll_tokens='responses' needs max_response_tokens > 0 (static gather size)")
         lp, cm, rm = _logps_gathered(hidden, w, batch, max_response_tokens)
-        nm = cm
+        nm = cm if nll_side == "chosen" else rm
     else:
         raise ValueError(f"unknown nll_tokens {nll_tokens!r}; use 'sequence' or 'responses'")
     pc, nc = masked_sum(lp, cm)
@@ -147,7 +152,7 @@ def counts(batch) -> dict:
 def longpo_terms(module, params, batch, c: ml_collections.ConfigDict, n: dict, zigzag_shards: int = 0):
     """(loss, metrics) of (a microbatch of) a batch with global normalisers n; c is the `longpo` block."""
     lp = policy_logps(module, params, batch, nll_tokens=c.nll_tokens, max_response_tokens=c.max_response_tokens,
-                      zigzag_shards=zigzag_shards)
+                      zigzag_shards=zigzag_shards, nll_side=c.nll_side)
     ref = batch["ref_logps"].astype(jnp.float32)
     pc, pr, rc, rr = lp["chosen"], lp["rejected"], ref[:, 0], ref[:, 1]
     losses = preference.longpo_loss(pc, pr, rc, rr, lp["nll"], beta=c.beta, lam=c.lam, nll_weight=c.nll_weight)

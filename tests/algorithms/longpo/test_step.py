@@ -33,7 +33,8 @@ T, K, L = 192, 2, 96
 CFG = DecoderConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                     architecture="qwen2", qkv_bias=True, dtype=jnp.float32, param_dtype=jnp.float32,
                     rope_theta=10000.0, initializer_range=0.2)
-C = ml_collections.ConfigDict(dict(beta=0.5, lam=0.3, nll_weight=1.0, nll_tokens="sequence", max_response_tokens=0))
+C = ml_collections.ConfigDict(dict(beta=0.5, lam=0.3, nll_weight=1.0, nll_side="chosen", nll_tokens="sequence",
+                                   max_response_tokens=0))
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +182,20 @@ def test_long_reference_at_the_start_is_nll_plus_lam_log2(tok, records, params, 
     nll = np.asarray([_independent(tok, model, params, r)[2] for r in records]).mean()
     assert float(metrics["longpo/pref_loss"]) == pytest.approx(np.log(2.0), abs=1e-5)
     assert float(loss) == pytest.approx(nll_weight * nll + C.lam * np.log(2.0), rel=1e-5)
+
+
+def test_sft_rejected_fits_the_rejected_answers(tok, records, params):
+    model = hf.build_model(CFG)
+    batch = _batch(tok, records, "responses")
+    lp = functools.partial(longpo_step.policy_logps, model, params, batch, nll_tokens="responses",
+                           max_response_tokens=40)
+    chosen, rejected = lp(), lp(nll_side="rejected")
+    n_rej = np.asarray(rejected["rejected_tokens"])
+    np.testing.assert_allclose(rejected["nll"], -np.asarray(rejected["rejected"]) / n_rej, rtol=1e-5)
+    np.testing.assert_allclose(chosen["nll"], -np.asarray(chosen["chosen"]) / np.asarray(chosen["chosen_tokens"]),
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="nll_side='rejected' with nll_tokens='sequence'"):
+        longpo_step.policy_logps(model, params, _batch(tok, records), nll_side="rejected")
 
 
 def _one_step(module, params, batch, mesh):
