@@ -5,7 +5,7 @@ cache slot and all rows decode in lockstep; each row still gets its own RoPE
 positions (0 at its first real token). Rows stop independently at a stop
 token; the loop exits early once every row has stopped.
 
-What keeps a decode step cheap (bench/rollout_vs_hf.py):
+What keeps a decode step cheap (bench/rollout.py):
 - the whole loop is `lax.while_loop`s inside one jit: no per-token host work;
 - the cache is a loop carry updated with dynamic_update_slice, one buffer per
   layer, so XLA updates it in place (no copy of the cache per token);
