@@ -264,6 +264,9 @@ def ppo_block(**overrides) -> CD:
         temperature=1.0,  # also divides the logits of every training log-prob (as TRL)
         top_k=0,
         top_p=1.0,
+        # rows decoding at once in a rollout (continuous batching: a stopped row's slot takes the next waiting
+        # row; same samples); 0 = all prompts_per_step x samples_per_prompt rows in lockstep
+        rollout_slots=0,
         epochs=2,  # PPO epochs over each rollout batch
         num_minibatches=2,  # per epoch; rollout rows must split evenly
         advantage="gae",  # gae (PPO, critic) | grpo | rloo: the algorithm (algorithms/ppo/objectives.ALGORITHMS)

@@ -56,6 +56,41 @@ class KVCache:
                             v=jax.tree.map(lambda x: rep(x, axis), self.v),
                             segment_ids=rep(self.segment_ids, 0))
 
+    @property
+    def _lead(self) -> int:
+        """Axes before the batch axis of k / v (1 for the stacked [L, B, Hkv, S, D] layout)."""
+        return 0 if isinstance(self.k, tuple) else 1
+
+    def put_row(self, src: "KVCache", src_row, dst_row, at, segment_id) -> "KVCache":
+        """Row src_row of `src` (slots [0, P)) written into row dst_row at slots [at, at + P), in place.
+
+        Continuous batching moves a prefilled prompt into a free decode slot. Its real
+        slots get `segment_id` (the padding keeps 0), so the row's previous occupant
+        (another id) stays invisible to it. src_row / dst_row / at: int32 scalars.
+        """
+        lead = self._lead
+
+        def put(dst, piece_src):
+            piece = jax.lax.dynamic_slice_in_dim(piece_src, src_row, 1, axis=lead)
+            starts = (0,) * lead + (dst_row, 0, at, 0)
+            return jax.lax.dynamic_update_slice(dst, piece.astype(dst.dtype), starts)
+
+        seg = jax.lax.dynamic_slice_in_dim(src.segment_ids, src_row, 1, axis=0)
+        seg = jnp.where(seg != 0, segment_id, 0).astype(jnp.int32)
+        return self.replace(k=jax.tree.map(put, self.k, src.k), v=jax.tree.map(put, self.v, src.v),
+                            segment_ids=jax.lax.dynamic_update_slice(self.segment_ids, seg, (dst_row, at)))
+
+    def roll_left(self, shift) -> "KVCache":
+        """Every row moved `shift` (int32 scalar) slots to the front, index with it; the slots freed at the end
+        are emptied. Entries only move, so a row's attention (relative slot order, explicit RoPE positions)
+        is unchanged; continuous batching uses it to reuse the slots of finished rows."""
+        seq = self._lead + 2
+        roll = lambda x: jnp.roll(x, -shift, axis=seq)  # noqa: E731
+        segs = jnp.roll(self.segment_ids, -shift, axis=1)
+        segs = jnp.where(jnp.arange(self.max_len)[None] < self.max_len - shift, segs, 0)
+        return self.replace(k=jax.tree.map(roll, self.k), v=jax.tree.map(roll, self.v), segment_ids=segs,
+                            index=self.index - shift)
+
 
 @flax.struct.dataclass
 class ModelOutput:

@@ -33,7 +33,13 @@ resharded explicitly into that layout before sampling.
 
 Randomness: the batch starting at row `start` of a call samples with
 fold_in(PRNGKey(seed), start), so a call's output does not depend on how its
-rows are batched elsewhere.
+rows are batched elsewhere; within it each row has its own stream (sampler.row_keys).
+
+Continuous batching (`slots=S`): each sampler call still takes batch_size rows,
+but only S of them decode at a time and a finished row's slot takes the next
+waiting row (rollout/continuous.py); the outputs are the same as without it.
+Worth it when response lengths vary (stop tokens): the call costs about
+(sum of lengths) / S decode steps instead of (batch_size / S) x (longest).
 """
 
 import dataclasses
@@ -45,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mm_rlhf_jax.progress import Progress
+from mm_rlhf_jax.rollout.continuous import sample_continuous
 from mm_rlhf_jax.rollout.sampler import SampleOutput, left_pad, sample
 from mm_rlhf_jax.rollout import weights
 from mm_rlhf_jax.rollout.strategies import SamplingConfig
@@ -150,16 +157,23 @@ class Generator:
       cache_dtype: KV-cache dtype (None: the module's compute dtype).
       weights_dtype: the dtype `prepare` casts weight matrices to ("compute": the module's compute
         dtype, see rollout.weights; None: keep the parameters' own).
+      slots: rows decoding at once within a call (continuous batching, at most batch_size and divisible
+        by the mesh's batch axes); None: all batch_size rows in lockstep.
     """
 
     def __init__(self, module, tokenizer, mesh, *, max_new_tokens: int, batch_size: int,
                  encode: Callable[[Any], Prompt] | None = None, sampling: SamplingConfig = SamplingConfig("greedy"),
                  stop_ids: Sequence[int] | None = None, prompt_length: int | None = None,
                  buckets: Sequence[int] | None = None, min_bucket: int = 64, param_shardings=None, cache_dtype=None,
-                 weights_dtype: Any = "compute"):
+                 weights_dtype: Any = "compute", slots: int | None = None):
         if prompt_length is not None and buckets is not None:
             raise ValueError("give prompt_length (one fixed length) or buckets, not both")
         placement.check_rows(batch_size, mesh, "generation batch size")
+        if slots is not None:
+            placement.check_rows(slots, mesh, "continuous-batching slots")
+            if slots > batch_size:
+                raise ValueError(f"{slots} decode slots for {batch_size}-row sampler calls: give at most batch_size")
+        self.slots = slots
         self.module, self.tokenizer, self.mesh = module, tokenizer, mesh
         self.max_new_tokens, self.batch_size, self.sampling = max_new_tokens, batch_size, sampling
         self.prompt_length, self.min_bucket, self.param_shardings = prompt_length, min_bucket, param_shardings
@@ -180,12 +194,14 @@ class Generator:
         if num_samples not in self._jits:
             rows2, rows1 = placement.row_sharding(self.mesh, 2), placement.row_sharding(self.mesh, 1)
 
+            sampler = sample if self.slots is None else functools.partial(sample_continuous, slots=self.slots)
+
             def run(params, batch, rng, fold):
                 self.trace_count += 1  # Python side effect: runs once per trace
-                return sample(apply_fn(self.module), params, batch["prompt_ids"], batch["prompt_mask"],
-                              self._init_cache, max_new_tokens=self.max_new_tokens, stop_ids=self.stop_ids,
-                              rng=jax.random.fold_in(rng, fold), sampling=self.sampling,
-                              prefill_kwargs=prefill_inputs(batch), num_samples=num_samples)
+                return sampler(apply_fn(self.module), params, batch["prompt_ids"], batch["prompt_mask"],
+                               self._init_cache, max_new_tokens=self.max_new_tokens, stop_ids=self.stop_ids,
+                               rng=jax.random.fold_in(rng, fold), sampling=self.sampling,
+                               prefill_kwargs=prefill_inputs(batch), num_samples=num_samples)
 
             self._jits[num_samples] = jax.jit(run, out_shardings=SampleOutput(
                 tokens=rows2, logprobs=rows2, mask=rows2, lengths=rows1))
@@ -346,13 +362,16 @@ class _TokenIds:
 
 def generate_tokens(model, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                     stop_ids: Sequence[int] = (), sampling: str = "greedy", num_samples: int = 1, seed: int = 0,
-                    temperature: float = 1.0, batch_size: int = 64, pad_id: int = 0) -> list[list[int]]:
+                    temperature: float = 1.0, batch_size: int = 64, pad_id: int = 0,
+                    slots: int | None = None) -> list[list[int]]:
     """Generated ids per prompt (stop token included when hit), num_samples consecutive rows per prompt.
 
     The same engine the algorithms' rollouts use (Generator over rollout.sample).
     model / params as models.hf.load_pretrained returns them; the mesh is the one
     params are placed on (or the first device). `sampling` is a
     rollout.strategies name; without stop_ids every row runs to max_new_tokens.
+    slots: continuous batching, that many rows decoding at once out of each
+    batch_size-row call (capped at the call's rows); the same ids as without.
     """
     from mm_rlhf_jax.sharding import make_mesh
 
@@ -365,8 +384,10 @@ def generate_tokens(model, params, prompts: Sequence[Sequence[int]], *, max_new_
     size = min(batch_size, -(-rows // divisor) * divisor)
     size = -(-size // divisor) * divisor
     stops = tuple(int(s) for s in stop_ids)
+    if slots is not None:
+        slots = min(-(-slots // divisor) * divisor, size)
     gen = Generator(model, _TokenIds(pad_id, stops), mesh, max_new_tokens=max_new_tokens, batch_size=size,
-                    sampling=SamplingConfig(sampling, temperature), stop_ids=stops or (-1,))
+                    sampling=SamplingConfig(sampling, temperature), stop_ids=stops or (-1,), slots=slots)
     items = [{"prompt_ids": np.asarray(list(map(int, p)), np.int32)} for p in prompts]
     out = gen(params, items, seed=seed, num_samples=num_samples)
     return [list(g.tokens) for g in out]

@@ -5,7 +5,7 @@ cache slot and all rows decode in lockstep; each row still gets its own RoPE
 positions (0 at its first real token). Rows stop independently at a stop
 token; the loop exits early once every row has stopped.
 
-What keeps a decode step cheap (bench/rollout_vs_hf.py):
+What keeps a decode step cheap (bench/rollout.py):
 - the whole loop is `lax.while_loop`s inside one jit: no per-token host work;
 - the cache is a loop carry updated with dynamic_update_slice, one buffer per
   layer, so XLA updates it in place (no copy of the cache per token);
@@ -22,6 +22,12 @@ Works for any model whose apply takes (input_ids, positions=, segment_ids=,
 cache=, **extra) and returns an object with .logits and .cache (the Decoder,
 the LLaVA-OV VLM; multimodal inputs go in `prefill_kwargs`). A cache that is
 not a models.outputs.KVCache decodes in one chunk over its full length.
+
+Randomness: token t of row r samples with fold_in(fold_in(rng, r), t) (row_keys),
+so a row's tokens depend on its row index and step only, not on which other
+rows share its batch or decode slot: the continuous-batching sampler
+(rollout/continuous.py), which moves rows between slots, samples exactly what
+this one does.
 """
 
 from typing import Any, Callable, Sequence
@@ -32,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mm_rlhf_jax.models.outputs import KVCache
-from mm_rlhf_jax.rollout.strategies import SamplingConfig, select
+from mm_rlhf_jax.rollout.strategies import SamplingConfig, select_rows
 
 # Decode chunks per call (for max_new_tokens >= 2 * MIN_CHUNK): more chunks attend over less empty
 # cache but compile the step body once per chunk.
@@ -63,6 +69,21 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, length: int | None
             ids[i, length - len(s):] = s
             mask[i, length - len(s):] = 1
     return ids, mask
+
+
+def row_keys(rng, rows, step):
+    """PRNG keys uint32[B, 2] of token `step` (int32[] or int32[B]) of output rows `rows` int32[B]."""
+    steps = jnp.broadcast_to(jnp.asarray(step, jnp.int32), rows.shape)
+    return jax.vmap(lambda r, t: jax.random.fold_in(jax.random.fold_in(rng, r), t))(rows, steps)
+
+
+def finish(toks, logps, stop_ids, steps_run) -> SampleOutput:
+    """SampleOutput from the written tokens int32[B, N] / log-probs f32[B, N]: each row's tokens up to and
+    including its first stop token, and only the first steps_run (later slots were never filled)."""
+    is_stop = jnp.isin(toks, stop_ids)
+    after_stop = jnp.cumsum(is_stop, axis=-1) - is_stop > 0
+    mask = (~after_stop & (jnp.arange(toks.shape[1])[None] < steps_run)).astype(jnp.int32)
+    return SampleOutput(tokens=toks * mask, logprobs=logps * mask, mask=mask, lengths=mask.sum(-1))
 
 
 def decode_chunks(max_new_tokens: int, num_chunks: int = NUM_CHUNKS) -> list[int]:
@@ -118,32 +139,26 @@ def sample(
             lambda x: jnp.repeat(x, num_samples, 0) if jnp.ndim(x) else x, cache)
 
     # Step 0 samples from the prefill's logits; step i >= 1 runs the model on token i - 1, then samples.
-    key, sub = jax.random.split(rng)
-    token, logp = select(logits, sub, sampling)
+    row_ids = jnp.arange(rows, dtype=jnp.int32)
+    token, logp = select_rows(logits, row_keys(rng, row_ids, 0), sampling)
     toks = jnp.zeros((rows, max_new_tokens), jnp.int32).at[:, 0].set(token)
     logps = jnp.zeros((rows, max_new_tokens), jnp.float32).at[:, 0].set(logp)
     done = jnp.isin(token, stop_ids)
 
     def body(carry):
-        i, cache, token, pos, done, key, toks, logps = carry
+        i, cache, token, pos, done, toks, logps = carry
         step = apply_fn(params, token[:, None], positions=pos[:, None], segment_ids=jnp.ones((rows, 1), jnp.int32),
                         cache=cache)
-        key, sub = jax.random.split(key)
-        token, logp = select(step.logits[:, -1], sub, sampling)
+        token, logp = select_rows(step.logits[:, -1], row_keys(rng, row_ids, i), sampling)
         token = jnp.where(done, 0, token)
         toks = jax.lax.dynamic_update_slice(toks, token[:, None], (0, i))
         logps = jax.lax.dynamic_update_slice(logps, jnp.where(done, 0.0, logp)[:, None], (0, i))
-        return i + 1, step.cache, token, pos + 1, done | jnp.isin(token, stop_ids), key, toks, logps
+        return i + 1, step.cache, token, pos + 1, done | jnp.isin(token, stop_ids), toks, logps
 
-    carry = (jnp.ones((), jnp.int32), cache, token, next_pos, done, key, toks, logps)
+    carry = (jnp.ones((), jnp.int32), cache, token, next_pos, done, toks, logps)
     for c, end in enumerate(ends):
         if c:
             carry = carry[:1] + (carry[1].grow(end - ends[c - 1]),) + carry[2:]
         cond = lambda carry, end=end: (carry[0] < end) & ~jnp.all(carry[4])  # noqa: E731
         carry = jax.lax.while_loop(cond, body, carry)
-    steps_run, toks, logps = carry[0], carry[6], carry[7]
-    is_stop = jnp.isin(toks, stop_ids)
-    # Tokens up to and including the first stop token are generated; later slots were never filled.
-    after_stop = jnp.cumsum(is_stop, axis=-1) - is_stop > 0
-    mask = (~after_stop & (jnp.arange(max_new_tokens)[None] < steps_run)).astype(jnp.int32)
-    return SampleOutput(tokens=toks * mask, logprobs=logps * mask, mask=mask, lengths=mask.sum(-1))
+    return finish(carry[5], carry[6], stop_ids, carry[0])

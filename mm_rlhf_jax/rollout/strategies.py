@@ -66,3 +66,10 @@ def top_p(logits, key, cfg: SamplingConfig):
 
 def select(logits, key, cfg: SamplingConfig):
     return STRATEGIES.get(cfg.strategy)(logits.astype(jnp.float32), key, cfg)
+
+
+def select_rows(logits, keys, cfg: SamplingConfig):
+    """logits f32[B, V], keys uint32[B, 2] -> (token int32[B], log-prob f32[B]): row b samples with keys[b]
+    alone, so its token does not depend on the other rows of the batch."""
+    token, logp = jax.vmap(lambda x, k: select(x[None], k, cfg))(logits, keys)
+    return token[:, 0], logp[:, 0]

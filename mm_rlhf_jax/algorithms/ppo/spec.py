@@ -57,7 +57,8 @@ def compile_inputs(config, mesh, rules, step: str):
         stub = types.SimpleNamespace(eos_token_id=1, pad_token_id=0)
         gen = Generator(module, stub, mesh, max_new_tokens=p.max_new_tokens, batch_size=n,
                         sampling=trainer.sampling_config(p), prompt_length=p.max_prompt_length,
-                        param_shardings=hf.param_shardings(module, mesh, SAMPLING_RULES))
+                        param_shardings=hf.param_shardings(module, mesh, SAMPLING_RULES),
+                        slots=p.rollout_slots or None)
         sampling = phase.abstract_params(module, mesh, SAMPLING_RULES)
         key = jax.ShapeDtypeStruct((2,), np.uint32, sharding=replicated(mesh))
         fold = jax.ShapeDtypeStruct((), np.int32, sharding=replicated(mesh))

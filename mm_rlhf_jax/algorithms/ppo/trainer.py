@@ -225,7 +225,8 @@ class RLTrainer:
         actor = roles.actor
         self.generator = Generator(actor.module, tokenizer, self.mesh, max_new_tokens=p.max_new_tokens,
                                    batch_size=self.n, sampling=sampling_config(p), prompt_length=p.max_prompt_length,
-                                   param_shardings=hf.param_shardings(actor.module, self.mesh, SAMPLING_RULES))
+                                   param_shardings=hf.param_shardings(actor.module, self.mesh, SAMPLING_RULES),
+                                   slots=p.rollout_slots or None)
         self.stop_ids = self.generator.stop_ids
         self._experience_fn, self._experience = experience_fn(p, roles), None
         self._update = update_jit(p, roles, microbatches)

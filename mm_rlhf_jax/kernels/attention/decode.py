@@ -5,7 +5,7 @@ decode matmuls want: `bkgd,bksd->bkgs` and `bkgs,bksd->bkgd` are plain batched
 matmuls over (B, Hkv) with the G query heads sharing a KV head as rows, so XLA
 reads the cache once and never transposes or repeats it (a [B, S, Hkv, D] cache
 costs a full transpose copy of K and V per layer per token: ~2x slower on CPU at
-the sampler's shapes, bench/rollout_vs_hf.py). Scores, softmax and the weighted
+the sampler's shapes, bench/rollout.py). Scores, softmax and the weighted
 sum are f32 whatever the cache dtype.
 
 Only for short query blocks (T = 1 per decode step): the score tensor is
