@@ -159,7 +159,7 @@ def pretrained_config(path: str, model_block, *, max_length: int = 0):
     info_file = storage.join(path, hf.REWARD_HEAD_INFO)
     info = json.loads(storage.read_text(info_file)) if storage.exists(info_file) else {}
     c = config_lib.schema("reward_model")
-    c.model = model_block.copy_and_resolve_references()  # the caller's numerics; the architecture is the folder's
+    c.model.update(model_block.to_dict())  # the caller's numerics; the architecture is the folder's
     c.model.init_from = path
     c.reward.mode = info.get("mode", "critique")
     c.reward.head_init = "checkpoint"
