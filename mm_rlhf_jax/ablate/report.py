@@ -2,7 +2,7 @@
 
     paths = write(data, "runs/ablate")     # {"md": ..., "json": ..., "png": ...}
     data = load("runs/ablate/mm_dpo_beta.json")
-    fig = figure(data)                     # a matplotlib Figure (no pyplot state: works in notebooks too)
+    fig = figure(data)                     # a matplotlib Figure (no pyplot state); png(data): its PNG bytes
 
 The markdown has one row per (cell, metric): our mean +- std over seeds, the per-seed values and the
 paper's figure with its source beside it; then every comparison with the paper's direction, whether our
@@ -86,19 +86,24 @@ def figure(data: dict):
     return fig
 
 
-def write(data: dict, root: str) -> dict[str, str]:
-    """DIR/<table>.{md,json,png}; returns their paths."""
+def png(data: dict) -> bytes:
+    """figure(data) drawn by the Agg canvas (no display needed; IPython.display.Image(png(data)) shows it)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+    fig = figure(data)
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
+
+
+def write(data: dict, root: str) -> dict[str, str]:
+    """DIR/<table>.{md,json,png}; returns their paths."""
     storage.makedirs(root)
     paths = {ext: storage.join(root, f"{data['table']}.{ext}") for ext in ("md", "json", "png")}
     storage.write_atomic(paths["md"], markdown(data))
     storage.write_atomic(paths["json"], json.dumps(data, indent=1))
-    fig = figure(data)
-    FigureCanvasAgg(fig)  # the Agg canvas: no display needed
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    storage.write_atomic(paths["png"], buf.getvalue())
+    storage.write_atomic(paths["png"], png(data))
     return paths
 
 
