@@ -20,6 +20,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mm_rlhf_jax.ablate.seeds import seed_flags  # noqa: E402 (the checkout's package, not an installed one)
+
 # algorithm -> (figures reported, target(eval) -> bool, the target in words).
 TARGETS = {
     "mm_dpo": (("preference_accuracy", "greedy_accuracy", "initial_greedy_accuracy"),
@@ -41,27 +44,6 @@ TARGETS = {
                           and e["short_context_ok"] and e["preference_accuracy"] > e["start_preference_accuracy"]),
                "long-context accuracy +0.2, short-context drop within the margin, preference accuracy up"),
 }
-
-
-def seed_flags(config_spec: str, seed: int) -> list[str]:
-    """--config.<key>=seed for every seed key of the preset."""
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from mm_rlhf_jax import config_lib
-
-    path, _, arg = config_spec.partition(":")
-    algo = os.path.splitext(os.path.basename(path))[0]
-    c = config_lib.preset(algo, arg or "tiny", configs_dir=os.path.dirname(os.path.abspath(path)))
-    flags = []
-
-    def walk(node, prefix):
-        for k, v in node.items():
-            if hasattr(v, "items") and type(v).__name__.endswith("ConfigDict"):
-                walk(v, f"{prefix}{k}.")
-            elif k == "seed" or k.endswith("_seed"):
-                flags.append(f"--config.{prefix}{k}={seed}")
-
-    walk(c, "")
-    return algo, flags
 
 
 def machine() -> dict:

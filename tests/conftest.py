@@ -55,6 +55,28 @@ def devices8():
     return devs
 
 
+@pytest.fixture(scope="session")
+def ablation_micro(tmp_path_factory):
+    """The cheapest ablation table (align_pro: one cell, both figures in its eval.json) through the real CLI:
+    `python -m mm_rlhf_jax.ablate align_pro --seeds 1 --workdir DIR -- <micro settings>`, one `main` child
+    process on this process's 8 fake devices. Shared by tests/ablate and the ablations notebook's test.
+    -> (DIR, the CLI's CompletedProcess, wall seconds)."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.launch import micro
+
+    root = str(tmp_path_factory.mktemp("ablate"))
+    cmd = [sys.executable, "-m", "mm_rlhf_jax.ablate", "align_pro", "--seeds", "1", "--workdir", root, "--",
+           *micro.flags("align_pro", root)]
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p))
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=here, timeout=600)
+    return root, proc, time.time() - t0
+
+
 def pytest_sessionfinish(session, exitstatus):
     if _OWN_CACHE:
         import shutil
