@@ -176,7 +176,10 @@ def report(config, topology: str, step: str = "train", *, estimate: bool = True)
     if probed:
         est = cost_estimate(config, topology, step)
         flops, seconds = est["flops_per_chip"], est["estimated_step_s"]
-    tokens, n_params = _tokens(args), _param_count(args)
+    spec = importlib.import_module(SPECS[config.algorithm])
+    # A spec whose step reads more rows than it trains (PPO: one minibatch of the experience) counts its own.
+    tokens = spec.step_tokens(config, step) if hasattr(spec, "step_tokens") else _tokens(args)
+    n_params = _param_count(args)
     # 6 N per trained token (forward + backward); the reference pass is 2 N per token.
     model_flops = (6 if step == "train" else 2) * n_params * tokens
     out = {

@@ -24,6 +24,8 @@ def test_report_and_out_of_memory_reading():
     c = config_lib.preset("ppo", "tiny")
     r = aot.report(c, "v5e:2x2", "train")
     assert r["chips"] == 4 and r["chip"].startswith("TPU v5") and r["fits"]
+    # The train step updates one minibatch of the step's experience (16 prompts x 4 samples / 4 minibatches).
+    assert r["tokens_per_step"] == 16 * 4 // c.ppo.num_minibatches * (40 + 12)
     assert 0 < r["per_chip_gib"]["total"] < r["hbm_per_chip_gib"] and r["parameters"] > 0
     assert r["flops_per_chip"] > 0 and r["estimated_step_s"] > 0
     msg = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (2.23T) "

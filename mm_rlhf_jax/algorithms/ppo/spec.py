@@ -29,6 +29,13 @@ def one_microbatch(config, step: str) -> dict:
     return {"train.microbatches": 1, "ppo.num_minibatches": config.ppo.num_minibatches * k} if step == "train" else {}
 
 
+def step_tokens(config, step: str) -> int:
+    """Tokens one call of `step` processes: the train step updates one minibatch of the experience."""
+    p = config.ppo
+    rows = p.prompts_per_step * p.samples_per_prompt
+    return (rows // p.num_minibatches if step == "train" else rows) * (p.max_prompt_length + p.max_new_tokens)
+
+
 def compile_inputs(config, mesh, rules, step: str):
     """(jitted fn, abstract args) of `step` ("train" | "reference" | "rollout") from the config alone."""
     p, seed = config.ppo, config.seed
