@@ -8,7 +8,7 @@
 On a TTY (stderr) this is tqdm. In a log file or under a job scheduler a tqdm
 bar is a stream of carriage returns, so there one line is logged each
 `every` of the total (default 10%), or every `interval_s` seconds when the
-total is unknown, each with the rate of this session (items done before a
+total is unknown, each with the rate of this process (items done before a
 resume are not counted in it) and the time left:
 
     score: 3000/120000 pairs (2.5%), 41.3 pairs/s, 47m10s left
@@ -75,7 +75,7 @@ class Progress:
 
     @property
     def rate(self) -> float:
-        """Items per second in this session."""
+        """Items per second since this process started (a resumed count excluded)."""
         return (self.n - self._start_n) / max(time.monotonic() - self._t0, 1e-9)
 
     def line(self) -> str:
