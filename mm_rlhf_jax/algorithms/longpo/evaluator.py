@@ -76,8 +76,13 @@ class Evaluator:
             pol = placement.fetch(fn(params, placement.put_global_batch(batch, self.ctx.mesh)))[:n]
             margins.append((pol[:, 0] - ref[:, 0]) - (pol[:, 1] - ref[:, 1]))
         m = np.concatenate(margins)
-        return {"preference_accuracy": float(np.mean(m > 0)), "reward_margin": float(c.longpo.beta * m.mean()),
-                "num_heldout_samples": int(len(m))}
+        # A pair whose two answers are the same text has a margin of zero up to the float noise of its two
+        # branches (which differs with the process count): a tie, left out of the accuracy and counted.
+        tied = np.asarray([s["chosens"] == s["rejecteds"] for s in self.heldout.samples])
+        decided = m[~tied]
+        return {"preference_accuracy": float(np.mean(decided > 0)) if len(decided) else float("nan"),
+                "reward_margin": float(c.longpo.beta * m.mean()), "num_heldout_samples": int(len(m)),
+                "num_tied_heldout_samples": int(tied.sum())}
 
     def __call__(self, gen_module, logp_module, params) -> dict:
         return {**self.preference_accuracy(logp_module, params), **self.task_accuracy(gen_module, params)}
