@@ -150,7 +150,7 @@ def reference_logps(ctx: phase.RunContext, config: ml_collections.ConfigDict, r:
     gathered to every process and process 0 writes the file.
     """
     mode = config.longpo.reference
-    ref_fn, short_keys = step_lib.reference_fn(mode)
+    ref_fn = step_lib.reference_fn(mode)[0]
     path = ctx.path(f"round_{r}", "ref_logps.npy" if mode == "short" else f"ref_logps_{mode}.npy")
     if storage.exists(path):
         ref = np.load(io.BytesIO(storage.read_bytes(path)))
@@ -161,8 +161,8 @@ def reference_logps(ctx: phase.RunContext, config: ml_collections.ConfigDict, r:
     out = []
     for batch, n in padded_batches(SampleSource(samples), tokenizer_path, layout(config), batch_size,
                                    shard=placement.host_slot(batch_size, ctx.mesh).shard):
-        keys = {k: v for k, v in batch.items() if k.startswith("ref_") == short_keys}
-        out.append(placement.fetch(fn(params, placement.put_batch(keys, ctx.mesh)))[:n])
+        inputs = step_lib.reference_inputs(mode, batch)
+        out.append(placement.fetch(fn(params, placement.put_batch(inputs, ctx.mesh)))[:n])
     ref = np.concatenate(out).astype(np.float32)
     if distributed.is_primary():
         buf = io.BytesIO()

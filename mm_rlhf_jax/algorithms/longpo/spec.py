@@ -77,9 +77,9 @@ def compile_inputs(config, mesh, rules, step: str):
         return s.jit, (s.abstract_state, sample_batch(config, mesh, config.data.batch_size))
     if step == "reference":
         reference = module_for(config, base, base.rope_theta)
-        ref_fn, short_keys = step_lib.reference_fn(config.longpo.reference)
-        batch = {k: v for k, v in sample_batch(config, mesh, config.longpo.reference_batch_size,
-                                               with_ref=False).items() if k.startswith("ref_") == short_keys}
-        return (jax.jit(functools.partial(ref_fn, reference)),
+        name = config.longpo.reference
+        batch = step_lib.reference_inputs(name, sample_batch(config, mesh, config.longpo.reference_batch_size,
+                                                             with_ref=False))
+        return (jax.jit(functools.partial(step_lib.reference_fn(name)[0], reference)),
                 (phase.abstract_params(reference, mesh, rules), batch))
     raise ValueError(f"longpo has no {step!r} step; use train or reference")

@@ -144,6 +144,12 @@ def reference_fn(name: str):
     return REFERENCES[name]
 
 
+def reference_inputs(name: str, batch: dict) -> dict:
+    """The keys of a sample batch that reference `name` reads (the short `ref_*` ones, or the policy's)."""
+    short_keys = reference_fn(name)[1]
+    return {k: v for k, v in batch.items() if k.startswith("ref_") == short_keys}
+
+
 def counts(batch) -> dict:
     """The global normaliser of a batch: its samples."""
     return {"samples": jnp.float32(batch["input_ids"].shape[0])}
