@@ -122,3 +122,17 @@ def test_next_token_logprobs_shift(mesh):
     assert_close(got[:, 1:], want, F32, "shifted logp")
     dh = jax.grad(lambda x: jnp.sum(next_token_logprobs(x, w, ids, impl="pallas")))(hidden)
     assert float(jnp.abs(dh[:, -1]).max()) == 0.0 and float(jnp.abs(dh[:, :-1]).min()) > 0.0
+
+
+def test_a_token_count_no_mesh_axis_divides_is_padded_and_exact():
+    """N = 3 on a data 2 x sequence 4 mesh: nothing divides it, so the call pads N to 8 (zero rows) and
+    splits it; values and gradients equal the reference's, the padding contributes nothing."""
+    seq_mesh = make_mesh({"data": 2, "fsdp": 1, "tensor": 1, "sequence": 4})
+    hidden, w, labels, cot = _inputs(3, 1, 3, 64, 300)
+    with jax.set_mesh(seq_mesh):
+        assert sharded.make_plan(3, 64, 300, None) == sharded.Plan()
+        (_, aux), grads = jax.jit(_value_and_grads("pallas", hidden, w, labels, cot, block_sizes=BLOCKS))(hidden, w)
+    (_, want_aux), want_grads = _value_and_grads("reference", hidden, w, labels, cot)(hidden, w)
+    for what, a, e in zip(("logp", "entropy", "dh", "dw"), (*aux, *grads), (*want_aux, *want_grads)):
+        assert a.shape == e.shape, what
+        assert_close(a, e, F32, what)

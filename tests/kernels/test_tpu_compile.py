@@ -130,3 +130,28 @@ def test_wide_head_fits_v4():
     lm = (S((1, n, h), BF16), S((h, v), BF16), S((1, n), I32))
     loss = lambda x, w, l: jnp.sum(token_logprobs(x, w, l, impl="pallas_tpu", interpret=False))
     tpu_topology.compile_for_chip("v4", jax.grad(loss, argnums=(0, 1)), lm)
+
+
+def test_token_logprobs_with_an_indivisible_token_count_compiles_on_a_mesh():
+    """One token per row of a 1-row microbatch on a 4-chip fsdp x sequence mesh: no mesh axis divides
+    N = 1, and a Mosaic call cannot be partitioned automatically, so the call pads N to the mesh and runs
+    inside its shard_map (the LongPO step's rescored first rejected token on a v6e-8 hit this)."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from mm_rlhf_jax import aot
+    from mm_rlhf_jax.sharding import make_mesh
+
+    mesh = make_mesh({"data": 1, "fsdp": 2, "tensor": 1, "sequence": 2}, devices=aot.topology_devices("v5e:2x2"))
+    h, v = 256, 4096
+
+    def grad_sums(x, w, l):
+        def loss(x, w):
+            return jnp.sum(token_logprobs(x, w, l, impl="pallas_tpu", interpret=False))
+        return jax.tree.map(lambda g: jnp.sum(g.astype(F32) ** 2), jax.grad(loss, argnums=(0, 1))(x, w))
+
+    rep = NamedSharding(mesh, P())
+    args = (S((1, 1, h), BF16, sharding=rep), S((h, v), BF16, sharding=NamedSharding(mesh, P("fsdp", None))),
+            S((1, 1), I32, sharding=rep))
+    with jax.set_mesh(mesh):
+        text = jax.jit(grad_sums).lower(*args).compile().as_text()
+    assert "mm_token_logprobs_fwd" in text and "mm_token_logprobs_dw" in text

@@ -56,7 +56,7 @@ class Plan:
 def _size(mesh, axes) -> int:
     shape, size = dict(mesh.shape), 1
     for a in axes or ():
-        size *= shape[a]
+        size *= shape.get(a, 1)
     return size
 
 
@@ -253,7 +253,20 @@ def token_logprobs_pallas_tpu(h, w, labels, *, inv_temp: float, with_entropy: bo
     n, hid = h.shape
     vocab = w.shape[1]
     align = max(blocks.block_v, blocks.block_v_bwd, blocks.dw[1])
-    plan = make_plan(n, hid, vocab, vocab_parallel, itemsize=min(h.dtype.itemsize, w.dtype.itemsize), align=align)
+    itemsize = min(h.dtype.itemsize, w.dtype.itemsize)
+    plan = make_plan(n, hid, vocab, vocab_parallel, itemsize=itemsize, align=align)
+    mesh = ambient_mesh()
+    if plan.mesh is None and mesh is not None and _size(mesh, tuple(dict(mesh.shape))) > 1:
+        # No token axis divides N (e.g. one rescored token per row of a 1-row microbatch): a Mosaic call
+        # cannot be partitioned automatically, so pad N to a multiple of every token axis (zero rows, whose
+        # outputs are dropped and whose cotangents are zero) and split it like any other call.
+        m = _size(mesh, TOKEN_AXES + (VOCAB_AXIS,))
+        pad = -n % m
+        logp, ent = token_logprobs_pallas_tpu(
+            jnp.pad(h, ((0, pad), (0, 0))), w, jnp.pad(labels, (0, pad)), inv_temp=inv_temp,
+            with_entropy=with_entropy, blocks=blocks, interpret=interpret, vmem_limit=vmem_limit,
+            vocab_parallel=vocab_parallel)
+        return logp[:n], ent[:n]
     n_loc = n // _size(plan.mesh, plan.tokens) if plan.mesh is not None else n
     v_loc = vocab // _size(plan.mesh, (plan.vocab,) if plan.vocab else ()) if plan.mesh is not None else vocab
     width = max(hi - lo for lo, hi in plan.slices) if plan.slices else v_loc  # the kernels see one slice
