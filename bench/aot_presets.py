@@ -34,7 +34,9 @@ def _reward_model(chips: int) -> dict:
 
 
 def _longpo(chips: int) -> dict:
-    return {"train.microbatches": 8 // max(1, chips // 8)}  # sequence=8, fsdp=rest: one sample per fsdp shard
+    # sequence=8, fsdp=rest: one sample per fsdp shard; a 4-chip slice has a 4-way sequence axis instead.
+    seq = min(8, chips)
+    return {"mesh.sequence": seq, "train.microbatches": 8 // max(1, chips // seq)}
 
 
 def _ppo(chips: int) -> dict:

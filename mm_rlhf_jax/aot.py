@@ -67,8 +67,12 @@ def topology_devices(topology: str):
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from jax.experimental import topologies
 
+    # v4 topologies otherwise describe each chip's two TensorCores as two devices, which jax's mesh
+    # creation refuses ("requires one device per chip"); jax runs v4 (like v5p) in megacore mode, one
+    # device per chip, and so does MaxText's AOT path. v5p already describes one device per chip.
+    kwargs = {"chip_config_name": "megacore"} if topology.startswith("v4") else {}
     try:
-        return topologies.get_topology_desc(platform="tpu", topology_name=topology).devices
+        return topologies.get_topology_desc(platform="tpu", topology_name=topology, **kwargs).devices
     except Exception as e:  # libtpu missing, or an unknown name
         raise RuntimeError(f"cannot describe TPU topology {topology!r} ({e}); install libtpu with "
                            "pip install -e \".[tpu]\" and use a name like v5p:2x2x1 or v5e:2x2") from e

@@ -33,3 +33,12 @@ def test_report_and_out_of_memory_reading():
     assert aot._oom_bytes(msg) == pytest.approx(2.23 * 2**40)
     assert aot.generation("TPU v5 lite") == "v5e" and aot.generation("TPU v5p") == "v5p"
     assert aot.generation("TPU v6 lite") == "v6e" and aot.generation("TPU v4") == "v4"
+
+
+def test_v4_slices_compile_one_device_per_chip():
+    """v4 topologies describe each chip's two TensorCores as two devices unless asked for megacore mode,
+    the mode jax runs v4 in; a mesh over them is refused ("requires one device per chip")."""
+    devices = aot.topology_devices("v4:2x2x1")
+    assert len(devices) == 4 and {d.core_on_chip for d in devices} == {0}
+    r = aot.report(config_lib.preset("ppo", "tiny"), "v4:2x2x1", "train", estimate=False)
+    assert r["chips"] == 4 and r["chip"] == "TPU v4" and r["fits"] and r["hbm_per_chip_gib"] > 30
