@@ -10,6 +10,7 @@ nn.Dense, nn.Embed), so sampling gives the same outputs; vectors (norm scales,
 biases) keep their dtype.
 """
 
+import functools
 from typing import Any
 
 import jax
@@ -45,5 +46,10 @@ def cast_weights(params, dtype):
     """params with floating rank >= 2 leaves in `dtype` (each stays on its devices, same sharding)."""
     if not needs_cast(params, dtype):
         return params
-    dtype = jnp.dtype(dtype)
-    return jax.jit(lambda p: jax.tree.map(lambda x: _cast(x, dtype), p))(params)
+    return _caster(jnp.dtype(dtype))(params)
+
+
+@functools.lru_cache(maxsize=8)
+def _caster(dtype):
+    """One jitted cast per dtype (a fresh jit per call would recompile it every RL cycle)."""
+    return jax.jit(lambda p: jax.tree.map(lambda x: _cast(x, dtype), p))

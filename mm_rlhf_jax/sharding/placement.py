@@ -194,4 +194,16 @@ def fetch_tree(tree) -> Any:
 
 def reshard(tree, shardings):
     """Explicit reshard of a pytree of global arrays into `shardings` (e.g. training -> sampling layout)."""
-    return jax.jit(lambda t: t, out_shardings=shardings)(tree)
+    leaves, treedef = jax.tree.flatten(shardings)
+    return _resharder(treedef, tuple(leaves))(tree)
+
+
+def _identity(tree):
+    return tree
+
+
+@functools.lru_cache(maxsize=32)
+def _resharder(treedef, leaves):
+    """One jitted identity per target layout: a fresh jit per call (as every RL cycle reshards the actor
+    for sampling) would trace, lower and compile it again each time."""
+    return jax.jit(_identity, out_shardings=jax.tree.unflatten(treedef, list(leaves)))

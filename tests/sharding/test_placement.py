@@ -46,3 +46,24 @@ def test_a_jitted_step_reads_rows_laid_over_sequence_as_the_batch_axes_layout_gi
     batch_axes = fn({"x": placement.put_global(x, placement.row_sharding(mesh, 2))})
     np.testing.assert_array_equal(placement.fetch(over_seq), placement.fetch(batch_axes))
     np.testing.assert_array_equal(placement.fetch(over_seq), (x * 2).sum(axis=1))
+
+
+def test_reshard_moves_to_the_target_layout_and_compiles_once_per_layout():
+    """An RL run reshards the actor into the sampling layout every cycle: the second call with an equal
+    target layout reuses the first call's executable instead of tracing and compiling again."""
+    from jax.sharding import NamedSharding
+
+    mesh = _mesh(fsdp=8)
+    x = {"w": np.arange(64 * 4, dtype=np.float32).reshape(64, 4), "b": np.ones((4,), np.float32)}
+    placed = jax.device_put(x, {"w": NamedSharding(mesh, P("fsdp", None)), "b": NamedSharding(mesh, P())})
+    target = {"w": NamedSharding(mesh, P()), "b": NamedSharding(mesh, P())}  # a fresh but equal tree each cycle
+    placement._resharder.cache_clear()
+    traces = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, _s, **kw: traces.append(event) if event == "/jax/core/compile/backend_compile_duration" else None)
+    for _ in range(3):
+        out = placement.reshard(placed, {k: NamedSharding(mesh, s.spec) for k, s in target.items()})
+        assert out["w"].sharding.spec == P() and len(out["w"].addressable_shards) == 8
+        np.testing.assert_array_equal(placement.fetch(out["w"]), x["w"])
+    assert placement._resharder.cache_info().misses == 1 and placement._resharder.cache_info().hits == 2
+    assert len(traces) <= 1, traces
