@@ -43,7 +43,7 @@ def optim_block(**overrides) -> CD:
         final_lr_ratio=0.0,  # lr at the end of the decay, as a fraction of lr
         weight_decay=0.0,  # adamw only
         b1=0.9,
-        b2=0.999,  # also rmsprop's decay
+        b2=0.999,  # also rmsprop's decay (torch RMSprop's alpha)
         eps=1e-8,
         grad_clip=1.0,  # global-norm clip (0 = off)
     ), overrides)
@@ -183,6 +183,9 @@ def dpo_block(**overrides) -> CD:
         k=0.5,  # sensitivity to the reward margin delta (paper default 0.5)
         alpha=1.0,  # weight of the preference term (code: dpo_alpha)
         gamma=0.25,  # SFT anchor weight (code: --gamma 0.25; paper grid {0, .1, .25, .5, 1})
+        # SFT anchor normalisation: tokens (token mean over the batch's chosen answers) | sequences (mean of
+        # per-answer token means: the release, per-device batch 1); the paper does not say (mm_dpo/step.py)
+        sft_norm="tokens",
         label_smoothing=0.0,
         reference_cache_dir="",  # "" = <workdir>/reference_cache
     ), overrides)

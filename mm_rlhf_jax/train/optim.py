@@ -9,8 +9,9 @@ OPTIMIZERS: Registry = Registry("optimizer")
 OPTIMIZERS.register("adamw")(
     lambda c, lr: optax.adamw(lr, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay))
 OPTIMIZERS.register("adam")(lambda c, lr: optax.adam(lr, b1=c.b1, b2=c.b2, eps=c.eps))
-# LongPO's released command uses rmsprop.
-OPTIMIZERS.register("rmsprop")(lambda c, lr: optax.rmsprop(lr, decay=c.b2, eps=c.eps))
+# LongPO's released command uses HF `--optim rmsprop`, i.e. torch RMSprop: eps added outside the square
+# root (optax's default adds it inside); its decay is optim.b2 (torch's default alpha is 0.99).
+OPTIMIZERS.register("rmsprop")(lambda c, lr: optax.rmsprop(lr, decay=c.b2, eps=c.eps, eps_in_sqrt=False))
 OPTIMIZERS.register("sgd")(lambda c, lr: optax.sgd(lr))
 
 

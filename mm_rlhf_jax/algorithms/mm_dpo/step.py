@@ -2,6 +2,11 @@
 
 loss = alpha * mean_pairs(dpo_loss(beta_i)) + gamma * NLL(chosen response tokens)
 
+The NLL (SFT anchor) is normalised by `dpo.sft_norm` (SFT_NORMS): "tokens", the token mean over every
+chosen response token of the batch (long answers weigh more), or "sequences", the mean over pairs of each
+chosen answer's token mean (the release: torch CrossEntropyLoss at per-device batch 1, averaged over
+devices and accumulation steps; papers.md §1, review-papers b2). The paper does not say.
+
 beta_i comes from a registered beta mode (beta.py): constant, paper (the reward model's margin delta),
 ls_factor (the release's per-pair field) or released (the release's batch-level beta).
 """
@@ -14,6 +19,8 @@ from mm_rlhf_jax.algorithms.mm_dpo.beta import BETA_MODES
 from mm_rlhf_jax.data.batch import is_packed
 from mm_rlhf_jax.losses import preference
 from mm_rlhf_jax.train import forward, packed_forward, state as state_lib
+
+SFT_NORMS = ("tokens", "sequences")
 
 
 def counts(batch) -> dict:
@@ -70,8 +77,12 @@ def dpo_terms(module, params, batch, rng, c: ml_collections.ConfigDict, n: dict)
         reward_metrics = {k: pair_mean(v) for k, v in preference.reward_terms(chosen_r, rejected_r, pc, pr).items()}
         losses, pc = jnp.where(valid, losses, 0.0), jnp.where(valid, pc, 0.0)
     dpo = jnp.sum(losses) / n["pairs"]
-    # SFT anchor: token-mean NLL over all chosen response tokens of the batch.
-    sft = -jnp.sum(pc) / jnp.maximum(n["chosen_tokens"], 1.0)
+    if c.sft_norm == "tokens":  # token mean over all chosen response tokens of the batch
+        sft = -jnp.sum(pc) / jnp.maximum(n["chosen_tokens"], 1.0)
+    elif c.sft_norm == "sequences":  # mean over pairs of per-answer token means (empty slots: pc = 0)
+        sft = -jnp.sum(pc / jnp.maximum(tokens[:, 0], 1.0)) / n["pairs"]
+    else:
+        raise ValueError(f"dpo.sft_norm={c.sft_norm!r}: use one of {SFT_NORMS}")
     loss = c.alpha * dpo + c.gamma * sft
     metrics = {
         "train/loss": loss,

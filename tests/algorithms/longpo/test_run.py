@@ -36,6 +36,8 @@ def test_paper_and_released_values():
     released = config_lib.preset("longpo", "mistral_7b_128k,released")
     assert (paper.longpo.beta, paper.longpo.lam, paper.optim.name) == (0.1, 0.01, "adam")
     assert (released.longpo.beta, released.longpo.lam, released.optim.name) == (0.01, 0.01, "rmsprop")
+    assert released.optim.b2 == 0.99  # torch RMSprop's alpha (tests/train/test_optim.py)
+    assert paper.data.heldout_fraction == released.data.heldout_fraction == 0.0  # the paper trains on all samples
     assert paper.generation.answer_strategy == "greedy" and released.generation.answer_temperature == 1.0
     assert (paper.generation.turns_per_doc, released.generation.turns_per_doc) == (4, 2)
     assert (paper.longpo.value_set, released.longpo.value_set) == ("paper", "released")

@@ -36,14 +36,14 @@ def assert_same(module, params, unpacked, packed, c):
     assert_same_update(zero, g_p, g_u, rtol=2e-5)  # one global norm over every parameter's gradient
 
 
-@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
-def test_packed_text_pairs_give_the_unpacked_loss_and_gradients(loss_type):
+@pytest.mark.parametrize("loss_type,sft_norm", [("sigmoid", "tokens"), ("ipo", "tokens"), ("sigmoid", "sequences")])
+def test_packed_text_pairs_give_the_unpacked_loss_and_gradients(loss_type, sft_norm):
     module = tiny_lm(dtype=jnp.float32)
     params = hf.init_params(module, jax.random.PRNGKey(0))
     unpacked = pair_batch(np.random.default_rng(1), 7, 24, 300)
     packed = packed_text_batch(unpacked, packing.PackingLayout(row_length=64, pairs_per_row=4, rows=3))
     assert packed["pair_valid"].sum() == 7 and (packed["pair_valid"].sum(1) > 1).all()  # several pairs per row
-    assert_same(module, params, unpacked, packed, dpo_block(loss_type=loss_type))
+    assert_same(module, params, unpacked, packed, dpo_block(loss_type=loss_type, sft_norm=sft_norm))
     # The reference / eval pass: per-slot log-probs are the unpacked per-pair ones.
     pol_u = jax.jit(functools.partial(dpo_step.policy_logps_step, module=module))(params, unpacked)
     pol_p = jax.jit(functools.partial(dpo_step.policy_logps_step, module=module))(params, packed)
