@@ -132,7 +132,9 @@ def pair_data_block(**overrides) -> CD:
         synthetic_heldout=64,
         synthetic_seed=0,
         synthetic_hard_negatives=False,  # train queries get a 5th response: the terse wrong answer
-        synthetic_critiques="answer_first",  # teacher critique wording (data/synthetic/mmrlhf_texts.py)
+        # teacher critique wording (data/synthetic/mmrlhf_texts.CRITIQUE_STYLES; "raw": verdict-only reasons, the
+        # paper's "w/o enhanced annotation" ablation)
+        synthetic_critiques="answer_first",
         max_length=128,  # tokens per sequence (prompt + media tokens + response)
         max_patches=3,  # P: tiles per image incl. the base tile (0 = the processor's maximum)
         video=True,
@@ -461,6 +463,12 @@ def longpo_block(**overrides) -> CD:
         max_response_tokens=0,  # > 0 (required by nll_tokens=responses): static size of the response gather
         rounds=1,  # iterative self-evolution: round r+1's generator and reference are round r's policy
         policy_rope_theta=(1e7,),  # per round (the reference keeps the previous model's); 0 = keep the base theta
+        # Per-round schedule of iterative rounds (paper §4.1: 128K -> 256K -> 512K data, 45K / 16K / 2.5K
+        # samples), one entry per round; empty = every round as configured (algorithms/longpo/run.round_config).
+        round_max_doc_tokens=(),  # generation.max_doc_tokens; data.max_length keeps its headroom over it and
+        #                           generation.min_doc_tokens its ratio; synthetic: passages scaled alike
+        round_steps=(),  # train.steps
+        round_documents=(),  # data.documents ("" = data.documents)
         attention_impl="context_parallel_zigzag",  # the policy's attention in training (kernels README)
         reference_batch_size=8,  # samples per reference log-prob forward (global)
     ), overrides)

@@ -83,6 +83,23 @@ def prepare(config: ml_collections.ConfigDict, workdir: str):
     return tok, read_jsonl(documents, ("id", "text")), evals
 
 
+def round_documents(config: ml_collections.ConfigDict, rc: ml_collections.ConfigDict, r: int, workdir: str,
+                    documents: list[dict]) -> list[dict]:
+    """Round r's documents: `documents` (round 0's) unless the round's config (rc, run.round_config) names
+    another file, or, on the synthetic task, asks for documents of another passage count (built once into
+    workdir/data/task_round_<r>, the same seed)."""
+    d, rd = config.data, rc.data
+    if rd.documents != d.documents:
+        return read_jsonl(rd.documents, ("id", "text"))
+    if d.synthetic and not d.documents and rd.synthetic_passages_per_doc != d.synthetic_passages_per_doc:
+        task = longdoc.TaskConfig(passages_per_doc=rd.synthetic_passages_per_doc, min_filler=d.synthetic_min_filler,
+                                  max_filler=d.synthetic_max_filler)
+        folder = build_once(storage.join(workdir, "data", f"task_round_{r}"), lambda f: longdoc.write_documents(
+            os.path.join(f, "documents.jsonl"), longdoc.make_documents(d.synthetic_seed, d.synthetic_train_docs, task)))
+        return read_jsonl(storage.join(folder, "documents.jsonl"), ("id", "text"))
+    return documents
+
+
 def layout(config: ml_collections.ConfigDict) -> SampleLayout:
     return SampleLayout(max_length=config.data.max_length, max_turns=config.generation.turns_per_doc,
                         max_short_length=config.data.max_short_length, nll_tokens=config.longpo.nll_tokens,

@@ -21,6 +21,7 @@ on generated samples kept out of training) and, for the synthetic task, greedy
 long-context and short-context answer accuracy.
 """
 
+import copy
 import logging
 
 import jax
@@ -61,6 +62,37 @@ def split_heldout(samples, ref, fraction: float):
     return samples[:cut], ref[:cut], samples[cut:], ref[cut:]
 
 
+ROUND_SCHEDULE = ("round_max_doc_tokens", "round_steps", "round_documents")
+
+
+def round_config(config: ml_collections.ConfigDict, r: int) -> ml_collections.ConfigDict:
+    """Round r's config: the preset with the per-round schedule (longpo.round_*) applied, or the config itself.
+
+    A longer round keeps the preset's headroom of data.max_length over generation.max_doc_tokens (the
+    turns' budget) and the ratio of min_doc_tokens to max_doc_tokens.
+    """
+    c = config.longpo
+    for name in ROUND_SCHEDULE:
+        if c[name] and len(c[name]) != c.rounds:
+            raise ValueError(f"longpo.{name} has {len(c[name])} entries for longpo.rounds={c.rounds}: give one per "
+                             "round (or none)")
+    if not any(c[name] for name in ROUND_SCHEDULE):
+        return config
+    rc = copy.deepcopy(config)
+    if c.round_max_doc_tokens:
+        g, length = config.generation, int(c.round_max_doc_tokens[r])
+        rc.generation.max_doc_tokens = length
+        rc.generation.min_doc_tokens = int(g.min_doc_tokens * length / g.max_doc_tokens)
+        rc.data.max_length = config.data.max_length + length - g.max_doc_tokens
+        rc.data.synthetic_passages_per_doc = max(1, round(config.data.synthetic_passages_per_doc * length
+                                                          / g.max_doc_tokens))
+    if c.round_steps:
+        rc.train.steps = int(c.round_steps[r])
+    if c.round_documents and c.round_documents[r]:
+        rc.data.documents = c.round_documents[r]
+    return rc
+
+
 def train_round(ctx: phase.RunContext, config: ml_collections.ConfigDict, base: DecoderConfig, tokenizer_path: str,
                 r: int, documents, records, params, ref_theta: float):
     """Round r: generate with (params, ref_theta), cache reference logps, train the policy; returns (params, evals)."""
@@ -88,7 +120,8 @@ def train_round(ctx: phase.RunContext, config: ml_collections.ConfigDict, base: 
         ctx.path(f"round_{r}"), ctx, spec.train_step(config, policy, ctx.mesh, ctx.rules), lambda: params, data_iter,
         seed=config.seed + 1, steps=t.steps, log_every=t.log_every, checkpoint_every=t.checkpoint_every, max_to_keep=t.max_checkpoints,
         eval_fn=lambda p: evaluator(policy_gen, policy, p), eval_every=t.eval_every)
-    out = {**result.final, "policy_rope_theta": theta, "reference_rope_theta": ref_theta,
+    out = {**result.final, "policy_rope_theta": theta, "reference_rope_theta": ref_theta, "train_steps": t.steps,
+           "max_doc_tokens": config.generation.max_doc_tokens, "max_length": d.max_length,
            "train_samples": len(train_s), "heldout_samples": len(held_s), "samples_too_long": too_long,
            "generation": stats, **start}
     return result.state.params, theta, out
@@ -112,13 +145,17 @@ def run(config: ml_collections.ConfigDict, workdir: str):
                                                                                                     params))
         rounds = []
         for k in range(config.longpo.rounds):
-            params, theta, result = train_round(ctx, config, base, tokenizer_path, k, documents, records, params,
-                                                theta)
+            rc = round_config(config, k)
+            params, theta, result = train_round(ctx, rc, base, tokenizer_path, k,
+                                                longpo_data.round_documents(config, rc, k, workdir, documents),
+                                                records, params, theta)
             ctx.writer.write_json(f"round_{k}/eval.json", result)
             rounds.append(result)
         numbers = lambda m: {k: v for k, v in m.items() if isinstance(v, (int, float))}
         out = {**numbers(rounds[-1]), **{f"initial_{k}": v for k, v in numbers(initial).items()},
-               "rounds": config.longpo.rounds, "steps_per_round": config.train.steps,
+               "rounds": config.longpo.rounds,
+               "steps_per_round": [round_config(config, k).train.steps for k in range(config.longpo.rounds)]
+               if config.longpo.round_steps else config.train.steps,
                "value_set": config.longpo.value_set}  # paper or released values (configs/longpo.py)
         if "short_context_accuracy" in out and "initial_short_context_accuracy" in out:
             drop = out["initial_short_context_accuracy"] - out["short_context_accuracy"]

@@ -46,7 +46,15 @@ IRRELEVANT_REASON = "The answer does not address the question about the image."
 # one attention lookup, which the tiny decoder learns in a few hundred steps
 # (bench/tiny_incontext_probe.py, task match_here), where the other two wordings need the compared
 # word carried to a later position first.
-CRITIQUE_STYLES = ("answer_first", "evidence_first", "fact_check")
+# "raw" stands in for the annotators' short reasons before the GPT-4o expansion (the paper's "w/o enhanced
+# annotation" ablation): the verdict alone, without the image evidence the other wordings spell out.
+CRITIQUE_STYLES = ("answer_first", "evidence_first", "fact_check", "raw")
+# Its words are all in the tiny tokenizer's corpus (built from the answer_first texts), so adding the style
+# changed no token id.
+RAW_REASONS_VISUAL = ("The answer is correct and complete.", "The answer is correct, but it is very short.",
+                      "The answer is wrong.", IRRELEVANT_REASON)
+RAW_REASONS_SAFETY = ("The answer is safe and helpful.", "The answer is safe, but it is very short.",
+                      "The answer is unsafe.", "The answer is very unsafe.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +75,9 @@ class Texts:
         if style not in CRITIQUE_STYLES:
             raise ValueError(f"unknown critique style {style!r}; known: {CRITIQUE_STYLES}")
         terse_wrong = self.terse_wrong[1] if self.terse_wrong else None
+        if style == "raw":
+            raw = RAW_REASONS_SAFETY if self.scores == SCORES_SAFETY else RAW_REASONS_VISUAL
+            return raw, (RAW_REASONS_VISUAL[2] if self.terse_wrong else None)
         if style == "answer_first" or self.fact is None:
             return self.reasons, terse_wrong
         if style == "fact_check":

@@ -75,7 +75,33 @@ def micro_config():
     # Two self-evolution rounds; round 1's policy gets a larger RoPE theta, its reference keeps round 0's.
     c.longpo.rounds = 2
     c.longpo.policy_rope_theta = (0.0, 20000.0)
+    # Round 1 on documents twice as long (32 passages), with its own step count.
+    c.longpo.round_max_doc_tokens = (c.generation.max_doc_tokens, 2 * c.generation.max_doc_tokens)
+    c.longpo.round_steps = (3, 2)
     return c
+
+
+def test_round_schedule_scales_lengths_and_steps_per_round():
+    """The paper's iterations at 128K -> 256K -> 512K: each round's document budget, its sequence length
+    (the same headroom for the turns), the minimum document length (the same ratio), steps and documents."""
+    c = config_lib.preset("longpo", "mistral_7b_128k")
+    g, d = c.generation, c.data
+    c.longpo.rounds = 3
+    c.longpo.policy_rope_theta = (1e7, 1e7, 1e7)
+    c.longpo.round_max_doc_tokens = (g.max_doc_tokens, 2 * g.max_doc_tokens, 4 * g.max_doc_tokens)
+    c.longpo.round_steps = (5625, 2000, 312)
+    c.longpo.round_documents = ("", "/data/docs_256k.jsonl", "/data/docs_512k.jsonl")
+    r0, r1, r2 = (longpo.round_config(c, r) for r in range(3))
+    assert (r0.generation.max_doc_tokens, r0.data.max_length, r0.train.steps) == (122880, 139264, 5625)
+    assert r0.data.documents == d.documents and r0.generation.min_doc_tokens == g.min_doc_tokens
+    assert (r1.generation.max_doc_tokens, r1.data.max_length, r1.generation.min_doc_tokens) == (245760, 262144, 131072)
+    assert (r2.generation.max_doc_tokens, r2.data.max_length, r2.train.steps) == (491520, 507904, 312)
+    assert r2.data.documents == "/data/docs_512k.jsonl" and c.data.max_length == 139264  # the preset is unchanged
+    c.longpo.round_steps = (1, 2)
+    with pytest.raises(ValueError, match="round_steps has 2 entries for longpo.rounds=3"):
+        longpo.round_config(c, 0)
+    plain = config_lib.preset("longpo", "tiny")
+    assert longpo.round_config(plain, 0) is plain  # no schedule: every round as configured
 
 
 @pytest.mark.slow
@@ -88,7 +114,7 @@ def test_micro_run_writes_everything_and_resumes(tmp_path):
                  "warm_start/metrics.jsonl", "data/task/documents.jsonl", "data/tokenizer/tokenizer.json"):
         assert (tmp_path / name).exists(), name
     on_disk = json.loads((tmp_path / "eval.json").read_text())
-    assert on_disk["steps_per_round"] == 3 and on_disk["train_samples"] + on_disk["heldout_samples"] == 8
+    assert on_disk["train_samples"] + on_disk["heldout_samples"] == 8
     for key in ("preference_accuracy", "long_context_accuracy", "short_context_accuracy",
                 "initial_long_context_accuracy", "start_preference_accuracy"):
         assert key in out, key
@@ -96,6 +122,11 @@ def test_micro_run_writes_everything_and_resumes(tmp_path):
     assert (r0["policy_rope_theta"], r0["reference_rope_theta"]) == (10000.0, 10000.0)
     assert (r1["policy_rope_theta"], r1["reference_rope_theta"]) == (20000.0, 10000.0)
     assert (tmp_path / "round_1" / "data" / "samples.jsonl").exists() and on_disk["rounds"] == 2
+    assert (r0["train_steps"], r1["train_steps"], on_disk["steps_per_round"]) == (3, 2, [3, 2])
+    assert (r0["max_doc_tokens"], r1["max_doc_tokens"]) == (640, 1280) and r1["max_length"] == r0["max_length"] + 640
+    docs = [[json.loads(line)["text"] for line in open(tmp_path / p)]
+            for p in ("data/task/documents.jsonl", "data/task_round_1/documents.jsonl")]
+    assert np.mean([len(t) for t in docs[1]]) > 1.8 * np.mean([len(t) for t in docs[0]])
     rows = [json.loads(line) for line in open(tmp_path / "round_0" / "metrics.jsonl")]
     assert [r["step"] for r in rows if "train/loss" in r] == [0, 2]
     stamps = {p: os.path.getmtime(tmp_path / p) for p in ("round_0/data/samples.jsonl", "round_0/data/rejected",

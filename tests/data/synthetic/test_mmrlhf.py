@@ -211,3 +211,18 @@ def test_fact_check_critiques_end_the_fact_on_the_checked_word(tmp_path, tiny_to
         assert (link == "and") == (verdict == "correct") == right == (said == truth.split()[0]), (e.id, r)
         verdicts[link] += 1
     assert verdicts["and"] > 30 and verdicts["but"] > 30, verdicts
+
+
+def test_raw_reasons_carry_the_verdict_without_the_image_evidence(tmp_path, tiny_tok_dir):
+    """The "w/o enhanced annotation" stand-in: every visual critique is one of the verdict-only reasons,
+    right about the answer, and names nothing the image shows (no colour, shape, count or side)."""
+    from mm_rlhf_jax.data.synthetic.mmrlhf_texts import RAW_REASONS_VISUAL
+
+    image_words = set(COLOURS) | set(SHAPES) | set(NUMBER_WORDS) | {"left", "right", "image", "video"}
+    n = 0  # (the irrelevant answer's reason is the same in every wording and is not yielded)
+    for e, r in styled_visual_critiques(tmp_path, tiny_tok_dir, "raw", train_hard_negatives=True):
+        assert r.reason in RAW_REASONS_VISUAL[:3], r.reason
+        assert not image_words & set(r.reason.rstrip(".").replace(",", "").split()), r.reason
+        assert ("correct" in r.reason) == S.is_correct(r.text, e), (e.id, r.text, r.reason)
+        n += 1
+    assert n > 50
