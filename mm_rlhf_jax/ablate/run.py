@@ -152,6 +152,9 @@ def paper_commands(table: Table, jobs: Sequence[Job], extra: Sequence[str] = ())
     """
     lines = []
     for label in dict.fromkeys(j.cell for j in jobs):
+        if table.cell(label).tiny_only:
+            lines.append(f"# {label}: no paper-scale run ({table.cell(label).tiny_only})")
+            continue
         flags = override_flags(table.overrides(table.cell(label), "paper"))
         lines.append(shlex.join(["python", "-m", "mm_rlhf_jax.aot", f"--config={table.config_spec('paper')}",
                                  f"--topology={table.topology}", *flags, *extra]))

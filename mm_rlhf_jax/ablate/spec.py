@@ -31,6 +31,8 @@ class Cell:
     paper: dict[str, PaperValue] = dataclasses.field(default_factory=dict)  # metric -> the paper's figure
     # Only at paper scale: what the paper preset additionally needs for this cell to mean the same thing.
     paper_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Non-empty: why the cell has no paper-scale run (the knob only exists on the tiny task); printed instead.
+    tiny_only: str = ""
     note: str = ""
 
 

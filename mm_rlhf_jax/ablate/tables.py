@@ -38,7 +38,8 @@ _register(Table(
         Cell("raw_reasons", {"data.synthetic_critiques": "raw"},
              paper={"acc": PaperValue(0.79, _T4), "acc_plus": PaperValue(0.57, _T4)},
              note="w/o enhanced annotation: the critic learns verdict-only reasons ('The answer is wrong.'), the "
-                  "synthetic stand-in for the annotators' short reasons before the GPT-4o expansion"),
+                  "synthetic stand-in for the annotators' short reasons before the GPT-4o expansion",
+             tiny_only="it needs pair files with the annotators' unexpanded reasons; the release's are expanded"),
     ),
     comparisons=(
         compare("critique:acc", ">", "scalar:acc", _T4),
@@ -51,9 +52,9 @@ _register(Table(
     notes=(
         "Ground-truth critique is not a run of its own: the critique cell's eval.json scores the held-out pairs "
         "with the teacher critiques too (acc_gt_critique); scalar mode has no critiques, so no such figures.",
-        "raw_reasons at paper scale needs pair files whose reasons are the annotators' own, unexpanded: the "
-        "release's dpo_pairs reasons are the GPT-4o-enhanced ones and whether data.jsonl's per-response reasons "
-        "are raw is not documented (papers.md §1(c)); data.synthetic_critiques only changes the tiny task.",
+        "raw_reasons runs at tiny scale only: at paper scale it needs pair files whose reasons are the annotators' "
+        "own, unexpanded; the release's dpo_pairs reasons are the GPT-4o-enhanced ones and whether data.jsonl's "
+        "per-response reasons are raw is not documented (papers.md §1(c)).",
         "Missing knob: sampling several critiques at a lower temperature and averaging (§5.3 [P], it hurt); "
         "inference generates one greedy critique.",
     ),

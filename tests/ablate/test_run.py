@@ -92,3 +92,11 @@ def test_paper_scale_prints_aot_and_main_commands(tmp_path, capsys):
     assert lines[2].startswith("python -m mm_rlhf_jax.main --config=configs/longpo.py:mistral_7b_128k "
                                "--workdir=gs://bucket/abl/longpo/sft_rejected/seed_3")
     assert "--config.seed=3" in lines[2] and not os.path.exists("gs:")
+
+
+def test_a_tiny_only_cell_prints_why_instead_of_paper_commands(tmp_path, capsys):
+    assert cli.main(["mmrlhf_rm", "--scale", "paper", "--cells", "scalar,raw_reasons", "--seeds", "1",
+                     "--workdir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and "--config.reward.mode=scalar" in lines[0] and "scalar/seed_0" in lines[1]
+    assert lines[2].startswith("# raw_reasons: no paper-scale run (") and "synthetic_critiques" not in lines[2]
