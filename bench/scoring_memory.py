@@ -3,7 +3,7 @@
     PYTHONPATH=. python bench/scoring_memory.py [--sizes 1000,10000] [--mode critique] [--batch 16]
 
 Each size runs in its own subprocess (one CPU device): the tiny random-init
-multimodal RM (mm_rlhf_jax.testing.tiny_rm: critique generation through the
+multimodal RM (mm_rlhf_jax.algorithms.reward_model.tiny: critique generation through the
 Generator, then scoring), a pair file of that many synthetic MM-RLHF pairs
 (images included; the bundled synthetic lines repeated with new ids), and
 score_file over it. Reported per size: peak RSS (ru_maxrss of the child),
@@ -28,7 +28,7 @@ def child(size: int, mode: str, batch: int, workdir: str) -> dict:
 
     from mm_rlhf_jax.algorithms.reward_model.score import score_file
     from mm_rlhf_jax.sharding import make_mesh
-    from mm_rlhf_jax.testing.tiny_rm import TinyRM, replicate_pairs
+    from mm_rlhf_jax.algorithms.reward_model.tiny import TinyRM, replicate_pairs
 
     mesh = make_mesh({"fsdp": 1}, devices=jax.devices()[:1])
     rm = TinyRM.build(workdir, mesh, batch_size=batch, max_critique_tokens=4, mode=mode)

@@ -18,7 +18,7 @@ def main(workdir, pairs, output, log, sleep_s="0"):
 
     from mm_rlhf_jax.algorithms.reward_model.score import score_file
     from mm_rlhf_jax.sharding import make_mesh
-    from mm_rlhf_jax.testing.tiny_rm import TinyRM
+    from mm_rlhf_jax.algorithms.reward_model.tiny import TinyRM
 
     mesh = make_mesh({"fsdp": 1}, devices=jax.devices()[:1])
     rm = TinyRM.build(workdir, mesh, batch_size=8, max_critique_tokens=2)

@@ -32,7 +32,7 @@ from mm_rlhf_jax.data.tokenizer import special_ids
 from mm_rlhf_jax.data.validation import load_pairs, read_jsonl
 from mm_rlhf_jax.rollout.generate import Generator
 from mm_rlhf_jax.sharding import make_mesh, placement
-from mm_rlhf_jax.testing.tiny_rm import TinyRM, replicate_pairs, tiny_config
+from mm_rlhf_jax.algorithms.reward_model.tiny import TinyRM, replicate_pairs, tiny_config
 from mm_rlhf_jax.train import pair_data
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -1,4 +1,5 @@
-"""A tiny random-init multimodal reward model and synthetic pair files of any size, for scoring tests/benches.
+"""A tiny random-init multimodal reward model and synthetic pair files of any size: the scoring machinery
+at small scale (streaming, sharding, resume, memory) for tests and bench/scoring_memory.py.
 
     rm = TinyRM.build(workdir, mesh, batch_size=8)       # RewardModelInference + params + the synthetic files
     pairs = replicate_pairs(rm.train_pairs, storage.join(workdir, "data", "train", "big.jsonl"), 10_000)
