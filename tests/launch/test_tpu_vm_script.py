@@ -3,6 +3,7 @@ setup installs through uv with the tested Python and jax[tpu]; run starts the en
 arguments, detached, and follows the log; stop sends SIGTERM to the recorded process."""
 
 import os
+import shutil
 import stat
 import subprocess
 
@@ -36,6 +37,12 @@ fi
 """
 
 
+# The worker installs bubblewrap when it lacks bwrap: recorded, not run (this host may have no sudo).
+SUDO = r"""#!/usr/bin/env bash
+echo "sudo $*" >> "$FAKE_CALLS"
+"""
+
+
 def _script(path, text):
     path.write_text(text)
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
@@ -47,6 +54,7 @@ def test_setup_run_and_stop_on_a_stand_in_slice(tmp_path):
         d.mkdir()
     _script(bin_dir / "gcloud", GCLOUD)
     _script(bin_dir / "uv", UV)
+    _script(bin_dir / "sudo", SUDO)
     (checkout / "setup.py").write_text("# the checkout that setup ships\n")
     calls, args = tmp_path / "calls.txt", tmp_path / "args.txt"
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_CALLS": str(calls),
@@ -62,6 +70,8 @@ def test_setup_run_and_stop_on_a_stand_in_slice(tmp_path):
     assert "uv venv --allow-existing --python 3.11 .venv" in log
     assert "uv pip install --python .venv/bin/python -e .[gcs] jax[tpu]==0.10.2" in log
     assert "3.11.9 jax 0.10.2" in out.stdout
+    if shutil.which("bwrap") is None:  # the code sandbox's bubblewrap, from the image's packages
+        assert "sudo apt-get install -y -q bubblewrap" in log
 
     out = sh("run", "configs/mm_dpo.py:llava_ov_7b", "gs://bucket/runs/x", "--config.eval.note=two words")
     assert out.returncode == 0, out.stderr
