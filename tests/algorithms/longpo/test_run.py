@@ -75,9 +75,6 @@ def micro_config():
     # Two self-evolution rounds; round 1's policy gets a larger RoPE theta, its reference keeps round 0's.
     c.longpo.rounds = 2
     c.longpo.policy_rope_theta = (0.0, 20000.0)
-    # Round 1 on documents twice as long (32 passages), with its own step count.
-    c.longpo.round_max_doc_tokens = (c.generation.max_doc_tokens, 2 * c.generation.max_doc_tokens)
-    c.longpo.round_steps = (3, 2)
     return c
 
 
@@ -108,6 +105,9 @@ def test_round_schedule_scales_lengths_and_steps_per_round():
 def test_micro_run_writes_everything_and_resumes(tmp_path):
     """An untrained micro model: the wiring, files and resume, not the learning (see the tiny test)."""
     c = micro_config()
+    # Round 1 on documents twice as long (32 passages), with its own step count.
+    c.longpo.round_max_doc_tokens = (c.generation.max_doc_tokens, 2 * c.generation.max_doc_tokens)
+    c.longpo.round_steps = (3, 2)
     out = longpo.run(c, str(tmp_path))
     for name in ("eval.json", "initial_eval.json", "round_0/eval.json", "round_0/ref_logps.npy",
                  "round_0/data/samples.jsonl", "round_0/data/stats.json", "round_0/metrics.jsonl",
