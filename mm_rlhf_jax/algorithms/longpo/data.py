@@ -61,12 +61,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: str):
     tok = resolve_tokenizer(d.tokenizer, config.model.init_from, storage.join(workdir, "data", "tokenizer"),
                             (lambda p: longdoc.build_tokenizer(p, prompts.PHRASES)) if synthetic else None)
     if synthetic:
-        task = longdoc.TaskConfig(passages_per_doc=d.synthetic_passages_per_doc, min_filler=d.synthetic_min_filler,
-                                  max_filler=d.synthetic_max_filler)
+        task = synthetic_task(d)
 
         def build(folder):
-            longdoc.write_documents(os.path.join(folder, "documents.jsonl"),
-                                    longdoc.make_documents(d.synthetic_seed, d.synthetic_train_docs, task))
+            write_synthetic_documents(folder, d, task)
             heldout = longdoc.make_documents(d.synthetic_seed + 1, d.synthetic_eval_docs, task, prefix="eval")
             with open(os.path.join(folder, "eval_records.jsonl"), "w") as f:
                 for r in longdoc.eval_records(heldout, d.synthetic_seed + 2):
@@ -83,6 +81,18 @@ def prepare(config: ml_collections.ConfigDict, workdir: str):
     return tok, read_jsonl(documents, ("id", "text")), evals
 
 
+def synthetic_task(d: ml_collections.ConfigDict) -> longdoc.TaskConfig:
+    """The synthetic long-document task of a data block."""
+    return longdoc.TaskConfig(passages_per_doc=d.synthetic_passages_per_doc, min_filler=d.synthetic_min_filler,
+                              max_filler=d.synthetic_max_filler)
+
+
+def write_synthetic_documents(folder: str, d: ml_collections.ConfigDict, task: longdoc.TaskConfig) -> None:
+    """folder/documents.jsonl: the data block's synthetic training documents of `task`."""
+    longdoc.write_documents(os.path.join(folder, "documents.jsonl"),
+                            longdoc.make_documents(d.synthetic_seed, d.synthetic_train_docs, task))
+
+
 def round_documents(config: ml_collections.ConfigDict, rc: ml_collections.ConfigDict, r: int, workdir: str,
                     documents: list[dict]) -> list[dict]:
     """Round r's documents: `documents` (round 0's) unless the round's config (rc, run.round_config) names
@@ -92,10 +102,8 @@ def round_documents(config: ml_collections.ConfigDict, rc: ml_collections.Config
     if rd.documents != d.documents:
         return read_jsonl(rd.documents, ("id", "text"))
     if d.synthetic and not d.documents and rd.synthetic_passages_per_doc != d.synthetic_passages_per_doc:
-        task = longdoc.TaskConfig(passages_per_doc=rd.synthetic_passages_per_doc, min_filler=d.synthetic_min_filler,
-                                  max_filler=d.synthetic_max_filler)
-        folder = build_once(storage.join(workdir, "data", f"task_round_{r}"), lambda f: longdoc.write_documents(
-            os.path.join(f, "documents.jsonl"), longdoc.make_documents(d.synthetic_seed, d.synthetic_train_docs, task)))
+        folder = build_once(storage.join(workdir, "data", f"task_round_{r}"),
+                            lambda f: write_synthetic_documents(f, rd, synthetic_task(rd)))
         return read_jsonl(storage.join(folder, "documents.jsonl"), ("id", "text"))
     return documents
 

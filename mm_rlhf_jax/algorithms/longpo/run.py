@@ -154,8 +154,8 @@ def run(config: ml_collections.ConfigDict, workdir: str):
         numbers = lambda m: {k: v for k, v in m.items() if isinstance(v, (int, float))}
         out = {**numbers(rounds[-1]), **{f"initial_{k}": v for k, v in numbers(initial).items()},
                "rounds": config.longpo.rounds,
-               "steps_per_round": [round_config(config, k).train.steps for k in range(config.longpo.rounds)]
-               if config.longpo.round_steps else config.train.steps,
+               "steps_per_round": [r["train_steps"] for r in rounds] if config.longpo.round_steps
+               else config.train.steps,
                "value_set": config.longpo.value_set}  # paper or released values (configs/longpo.py)
         if "short_context_accuracy" in out and "initial_short_context_accuracy" in out:
             drop = out["initial_short_context_accuracy"] - out["short_context_accuracy"]
