@@ -26,7 +26,9 @@ CHIPS = {"v5p-8": 4, "v5p-16": 8, "v5p-32": 16, "v6e-8": 8, "v5e-32": 32, "v4-32
 
 def _mm_dpo(chips: int) -> dict:
     # mesh sequence=4, fsdp=rest: a microbatch is one pair per fsdp shard (2 x 32,768 tokens over 4 chips).
-    return {"train.microbatches": 384 // (chips // 4)}
+    # The reference / held-out pass is not microbatched: 4 pairs per fsdp shard keep it near 7 GiB per chip
+    # (the preset's 64 pairs need 68 GiB of temporaries on v5p-8 and more per chip where fsdp is small).
+    return {"train.microbatches": 384 // (chips // 4), "data.eval_batch_size": chips}
 
 
 def _reward_model(chips: int) -> dict:
@@ -90,6 +92,25 @@ def markdown(rows) -> str:
     return "\n".join(out)
 
 
+def slices_markdown(rows) -> str:
+    """The memory-only table of bench/SCALE.md's "other slices" section, from run_one's JSON rows."""
+    out = ["| preset (step) | slice | chips | overrides | args | temp | total / HBM (GiB per chip) | fits | compile |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["preset"], r["step"], list(SLICES).index(r["slice"]))):
+        head = f"| `{PRESETS[r['preset']][0].split('/')[-1].replace('.py', '')}` ({r['step']}) | {r['slice']} |"
+        if "per_chip_gib" not in r:  # the compile itself failed or timed out
+            out.append(f"{head} {CHIPS[r['slice']]} | | | | error: {r['error'][:120]} | | |")
+            continue
+        flags = " ".join(f[len("--config."):] for f in r["command"].split() if f.startswith("--config."))
+        m, hbm, wall = r["per_chip_gib"], r["hbm_per_chip_gib"], f"{r['compile_s']:,.0f} s"
+        if "total" not in m:
+            out.append(f"{head} {r['chips']} | {flags} | | needs {m['temporaries_needed']:.1f} | > {hbm:.1f} | no | {wall} |")
+        else:
+            out.append(f"{head} {r['chips']} | {flags} | {m['arguments']:.1f} | {m['temporaries']:.1f} | "
+                       f"{m['total']:.1f} / {hbm:.1f} | {'yes' if r['fits'] else 'no'} | {wall} |")
+    return "\n".join(out)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", default=",".join(PRESETS))
@@ -99,7 +120,13 @@ def main():
     p.add_argument("--noestimate", action="store_true", help="skip the 1-/2-layer cost probes")
     p.add_argument("--timeout", type=int, default=3600)
     p.add_argument("--markdown", action="store_true")
+    p.add_argument("--render", metavar="JSONL", help="print the other-slices table of earlier runs' JSON lines "
+                                                     "(this script's stdout) and exit")
     a = p.parse_args()
+    if a.render:
+        with open(a.render) as f:
+            print(slices_markdown([json.loads(line) for line in f if line.startswith("{")]))
+        return
     os.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     rows = []
     for name in a.presets.split(","):

@@ -68,3 +68,11 @@ def test_table_rejects_comparisons_outside_its_cells_and_metrics():
         Table("t", "t", "mm_dpo", "tiny", "llava_ov_7b", "v5p:2x2x1", ("m",), cells, (compare("a:m", ">", "c:m", "x"),))
     with pytest.raises(ValueError, match="duplicate"):
         Table("t", "t", "mm_dpo", "tiny", "llava_ov_7b", "v5p:2x2x1", ("m",), (Cell("a", {}), Cell("a", {})))
+
+
+def test_pre_ppo_tiny_pool_has_prompts_the_curriculum_does_not_emphasise():
+    # Otherwise "math and code first" is a no-op there and the data_scale cell repeats the pre_ppo cell.
+    table = TABLES.get("pre_ppo")
+    c = _preset(table, "tiny")
+    shares = dict(zip(("math", "code", "general"), c.data.synthetic_mix))
+    assert any(share > 0 and domain not in c.curriculum.emphasized for domain, share in shares.items()), shares
