@@ -46,7 +46,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.data.max_patches = 0  # the processor's maximum (anyres_max_9 grids)
         c.data.num_frames = 10
         c.data.batch_size = 384  # per-device 1 x grad-accum 12 x 32 GPUs in the released script
-        c.data.eval_batch_size = 64
+        # The reference and held-out passes are not microbatched: 4 pairs per fsdp shard need 7.2 GiB of
+        # temporaries per chip on v5p-8 beside the 29.3 GiB train state (64 pairs need 68 GiB); scale with fsdp.
+        c.data.eval_batch_size = 4
         # Sized for v5p-8 (4 chips; python -m mm_rlhf_jax.aot ... --topology v5p:2x2x1: 68.5 GiB of 95.7 per
         # chip, bench/SCALE.md): each pair's 2 x 32,768 tokens context-parallel over a 4-chip sequence axis,
         # one pair per fsdp shard per microbatch, so microbatches = 384 / fsdp (v5p-32: fsdp 4, set 96).
