@@ -55,9 +55,9 @@ PRESETS = {
 }
 
 
-def run_one(name: str, slice_name: str, step: str, estimate: bool, timeout: int) -> dict:
+def run_one(name: str, slice_name: str, step: str, estimate: bool, timeout: int, extra: dict | None = None) -> dict:
     config, _, overrides, _ = PRESETS[name]
-    flags = [f"--config.{k}={v}" for k, v in overrides(CHIPS[slice_name]).items()]
+    flags = [f"--config.{k}={v}" for k, v in {**overrides(CHIPS[slice_name]), **(extra or {})}.items()]
     cmd = [sys.executable, "-m", "mm_rlhf_jax.aot", "--config", config, "--topology", SLICES[slice_name],
            "--step", step, *flags] + ([] if estimate else ["--noestimate"])
     t0 = time.time()
@@ -120,6 +120,8 @@ def main():
     p.add_argument("--noestimate", action="store_true", help="skip the 1-/2-layer cost probes")
     p.add_argument("--timeout", type=int, default=3600)
     p.add_argument("--markdown", action="store_true")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="another layout: a config override on top of the slice's (e.g. mesh.sequence=8)")
     p.add_argument("--render", metavar="JSONL", help="print the other-slices table of earlier runs' JSON lines "
                                                      "(this script's stdout) and exit")
     a = p.parse_args()
@@ -128,6 +130,7 @@ def main():
             print(slices_markdown([json.loads(line) for line in f if line.startswith("{")]))
         return
     os.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    extra = dict(kv.split("=", 1) for kv in a.set)
     rows = []
     for name in a.presets.split(","):
         own = PRESETS[name][3]
@@ -135,7 +138,7 @@ def main():
                                                                    if s != own]
         for slice_name in slices:
             for step in (a.steps.split(",") if a.steps else PRESETS[name][1]):
-                row = run_one(name, slice_name, step, not a.noestimate, a.timeout)
+                row = run_one(name, slice_name, step, not a.noestimate, a.timeout, extra)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     if a.markdown:
