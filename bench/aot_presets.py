@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 
+from mm_rlhf_jax import aot
+
 # Public slice names -> jax topology names (chips: v5p/v4 count 2 TensorCores per chip as one device).
 SLICES = {"v5p-8": "v5p:2x2x1", "v5p-16": "v5p:2x2x2", "v5p-32": "v5p:2x2x4", "v6e-8": "v6e:2x4",
           "v5e-32": "v5e:4x8", "v4-32": "v4:2x2x4"}
@@ -82,8 +84,9 @@ def markdown(rows) -> str:
             continue
         m = r["per_chip_gib"]
         if "total" not in m:
-            out.append(f"| {r['preset']} | {r['step']} | {r['slice']} | | needs {m['temporaries_needed']} | "
-                       f"> {r['hbm_per_chip_gib']} | no | | | |")
+            temp, total = _needs(m)
+            out.append(f"| {r['preset']} | {r['step']} | {r['slice']} | | {temp} | {total} > {r['hbm_per_chip_gib']} "
+                       f"| no | | | |")
             continue
         mfu = r.get("mfu_at_estimated_time")
         out.append(f"| {r['preset']} | {r['step']} | {r['slice']} | {m['arguments']:.1f} | {m['temporaries']:.1f} | "
@@ -92,19 +95,31 @@ def markdown(rows) -> str:
     return "\n".join(out)
 
 
+def _needs(m: dict) -> tuple[str, str]:
+    """(temp, total) cells of a compile XLA refused, from what it said it needed (GiB per chip)."""
+    if "temporaries_needed" in m:
+        return f"needs {m['temporaries_needed']:.1f}", ""
+    return "", f"needs {m['total_needed']:.2f}"  # only the last allocation missed
+
+
 def slices_markdown(rows) -> str:
     """The memory-only table of bench/SCALE.md's "other slices" section, from run_one's JSON rows."""
     out = ["| preset (step) | slice | chips | overrides | args | temp | total / HBM (GiB per chip) | fits | compile |",
            "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["preset"], r["step"], list(SLICES).index(r["slice"]))):
         head = f"| `{PRESETS[r['preset']][0].split('/')[-1].replace('.py', '')}` ({r['step']}) | {r['slice']} |"
+        oom = aot._oom_bytes(r.get("error", ""))
+        if "per_chip_gib" not in r and oom:  # an out-of-memory error an older aot.py did not report as such
+            r = {**r, "per_chip_gib": {f"{oom[0]}_needed": oom[1] / 2**30}, "chips": CHIPS[r["slice"]],
+                 "hbm_per_chip_gib": aot.CHIPS[r["slice"].split("-")[0]].hbm_gib, "compile_s": r["wall_s"]}
         if "per_chip_gib" not in r:  # the compile itself failed or timed out
             out.append(f"{head} {CHIPS[r['slice']]} | | | | error: {r['error'][:120]} | | |")
             continue
         flags = " ".join(f[len("--config."):] for f in r["command"].split() if f.startswith("--config."))
         m, hbm, wall = r["per_chip_gib"], r["hbm_per_chip_gib"], f"{r['compile_s']:,.0f} s"
         if "total" not in m:
-            out.append(f"{head} {r['chips']} | {flags} | | needs {m['temporaries_needed']:.1f} | > {hbm:.1f} | no | {wall} |")
+            temp, total = _needs(m)
+            out.append(f"{head} {r['chips']} | {flags} | | {temp} | {total} > {hbm:.1f} | no | {wall} |")
         else:
             out.append(f"{head} {r['chips']} | {flags} | {m['arguments']:.1f} | {m['temporaries']:.1f} | "
                        f"{m['total']:.1f} / {hbm:.1f} | {'yes' if r['fits'] else 'no'} | {wall} |")

@@ -97,12 +97,17 @@ def compile_train_step(config, topology: str):
 _UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
-def _oom_bytes(message: str) -> float | None:
-    """The bytes an out-of-memory compile error says it needed ("... temporaries (2.23T) exceeds ...")."""
+def _oom_bytes(message: str) -> tuple[str, float] | None:
+    """(what, bytes) an out-of-memory compile error says it needed: ("temporaries", ...) when the program's
+    temporaries alone exceed HBM ("... temporaries (2.23T) exceeds ..."), ("total", ...) when the final
+    allocation misses by a little ("Used 30.83G of 30.75G hbm")."""
     import re
 
     m = re.search(r"RESOURCE_EXHAUSTED.*?\(([\d.]+)([KMGT])\) exceeds", message)
-    return float(m.group(1)) * _UNITS[m.group(2)] if m else None
+    if m:
+        return "temporaries", float(m.group(1)) * _UNITS[m.group(2)]
+    m = re.search(r"Used ([\d.]+)([KMGT]) of [\d.]+[KMGT] hbm", message)
+    return ("total", float(m.group(1)) * _UNITS[m.group(2)]) if m else None
 
 
 def _tokens(args) -> int:
@@ -163,12 +168,13 @@ def report(config, topology: str, step: str = "train", *, estimate: bool = True)
     try:
         compiled, args = compile_step(config, topology, step)
     except Exception as e:  # XLA refuses a program that cannot fit: report how much it asked for
-        needed = _oom_bytes(str(e))
-        if needed is None:
+        oom = _oom_bytes(str(e))
+        if oom is None:
             raise
+        what, needed = oom
         return {"config": config.algorithm, "topology": topology, "step": step, "chips": len(devices),
                 "chip": devices[0].device_kind, "hbm_per_chip_gib": chip.hbm_gib, "fits": False,
-                "per_chip_gib": {"temporaries_needed": gib(needed)}, "error": str(e).splitlines()[0][:300],
+                "per_chip_gib": {f"{what}_needed": gib(needed)}, "error": str(e).splitlines()[0][:300],
                 "compile_s": round(time.time() - t0, 1)}
     compile_s = time.time() - t0
     mem = compiled.memory_analysis()
