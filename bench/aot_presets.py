@@ -18,8 +18,6 @@ import subprocess
 import sys
 import time
 
-from mm_rlhf_jax import aot
-
 # Public slice names -> jax topology names (chips: v5p/v4 count 2 TensorCores per chip as one device).
 SLICES = {"v5p-8": "v5p:2x2x1", "v5p-16": "v5p:2x2x2", "v5p-32": "v5p:2x2x4", "v6e-8": "v6e:2x4",
           "v5e-32": "v5e:4x8", "v4-32": "v4:2x2x4"}
@@ -108,10 +106,6 @@ def slices_markdown(rows) -> str:
            "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["preset"], r["step"], list(SLICES).index(r["slice"]))):
         head = f"| `{PRESETS[r['preset']][0].split('/')[-1].replace('.py', '')}` ({r['step']}) | {r['slice']} |"
-        oom = aot._oom_bytes(r.get("error", ""))
-        if "per_chip_gib" not in r and oom:  # an out-of-memory error an older aot.py did not report as such
-            r = {**r, "per_chip_gib": {f"{oom[0]}_needed": oom[1] / 2**30}, "chips": CHIPS[r["slice"]],
-                 "hbm_per_chip_gib": aot.CHIPS[r["slice"].split("-")[0]].hbm_gib, "compile_s": r["wall_s"]}
         if "per_chip_gib" not in r:  # the compile itself failed or timed out
             out.append(f"{head} {CHIPS[r['slice']]} | | | | error: {r['error'][:120]} | | |")
             continue
